@@ -1,0 +1,202 @@
+"""The ``medsam`` command line.
+
+``medsam segment INPUT -o OUTPUT [--prompts P.json] [--box K:X0,Y0,X1,Y1] [--point K:X,Y[,L]]``
+segments objects from prompts on a few slices and writes a label map with the input's
+geometry plus a JSON sidecar of per-slice confidence. ``medsam models`` lists the registry.
+
+Exit codes: 0 success, 2 bad input or prompts (one-line message, nothing written),
+1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from medsam.errors import MedsamError, OutputExistsError, PromptError
+
+__all__ = ["main", "build_parser", "sidecar_path"]
+
+logger = logging.getLogger("medsam.cli")
+
+
+def sidecar_path(output: Path) -> Path:
+    """``out.nii.gz`` -> ``out.json`` (the per-slice confidence sidecar)."""
+    name = output.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.lower().endswith(suffix):
+            return output.with_name(name[: -len(suffix)] + ".json")
+    return output.with_name(name + ".json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medsam", description="Segment Anything for medical imaging.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser(
+        "segment",
+        help="segment objects in a CT/MR volume or 2D image from box/point prompts",
+        description=(
+            "Voxel prompts: K is the slice index (array axis 0, ITK k), X and Y the column and "
+            "row (ITK i, j); boxes are inclusive. Point label L is 1 (foreground, default) or 0."
+        ),
+    )
+    seg.add_argument("input", type=Path, help="DICOM folder/file, NIfTI, NRRD, MHA or PNG/JPEG/TIFF")
+    seg.add_argument("-o", "--output", type=Path, required=True, help="label map: .nii.gz, .nii, .nrrd or .mha")
+    seg.add_argument("--prompts", type=Path, help="prompts JSON file (see README)")
+    seg.add_argument("--box", action="append", default=[], metavar="K:X0,Y0,X1,Y1")
+    seg.add_argument("--point", action="append", default=[], metavar="K:X,Y[,L]")
+    seg.add_argument("--label", type=int, default=1, help="label id for --box/--point prompts (default 1)")
+    seg.add_argument("--name", default="", help="name for the --box/--point object")
+    seg.add_argument("--no-propagate", action="store_true", help="segment only the prompted slices")
+    seg.add_argument("--model", default="litemedsam", help="registry name (see `medsam models`)")
+    seg.add_argument("--checkpoint", type=Path, help="weights file for SAM/MedSAM models")
+    seg.add_argument("--window", default=None, help="preset name, 'L,W', 'header' or 'percentile'")
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    seg.add_argument("--series-uid", default=None, help="pick one series from a DICOM folder")
+    seg.add_argument("--cache-dir", type=Path, default=None, help="on-disk embedding cache folder")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    seg.set_defaults(func=cmd_segment)
+
+    models = sub.add_parser("models", help="list the models in the registry")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def _prompt_set(args: argparse.Namespace, volume) -> Any:
+    from medsam.prompts import (
+        ObjectPrompts,
+        PromptSet,
+        load_prompts,
+        merge_slice_prompts,
+        parse_box_arg,
+        parse_point_arg,
+        validate_slice_prompt,
+    )
+
+    objects = []
+    if args.prompts is not None:
+        objects.extend(load_prompts(args.prompts, volume).objects)
+    cli = [parse_box_arg(b) for b in args.box] + [parse_point_arg(p) for p in args.point]
+    if cli:
+        merged = merge_slice_prompts(cli)
+        for p in merged:
+            validate_slice_prompt(p, volume.grid_shape, f"object {args.name or args.label}")
+        objects.append(ObjectPrompts(label=args.label, name=args.name, prompts=merged))
+    if not objects:
+        raise PromptError("no prompts: give --prompts FILE, --box K:X0,Y0,X1,Y1 or --point K:X,Y[,L]")
+    return PromptSet(tuple(objects))
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from medsam.io import load_volume
+    from medsam.io.save import check_mask_path
+
+    t0 = time.perf_counter()
+    # Everything a user can get wrong is checked before the model is loaded.
+    out = check_mask_path(args.output, overwrite=args.overwrite)
+    side = sidecar_path(out)
+    if side.exists() and not args.overwrite:
+        raise OutputExistsError(side)
+    volume = load_volume(args.input, series_uid=args.series_uid)
+    prompts = _prompt_set(args, volume)
+    from medsam.intensity import resolve_window
+
+    window = resolve_window(volume, args.window)
+
+    from medsam.io import save_mask
+    from medsam.pipeline import segment_volume, summarize
+    from medsam.volume import VolumePredictor
+
+    device = None if args.device == "auto" else args.device
+    vp = VolumePredictor(args.model, checkpoint=args.checkpoint, device=device, cache_dir=args.cache_dir)
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, desc="propagate", unit="slice", file=sys.stderr, leave=False)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    result = segment_volume(
+        volume, prompts, predictor=vp, window=window, propagate=not args.no_propagate, progress=progress
+    )
+    if bar is not None:
+        bar.close()
+    save_mask(result.labels, volume, out, overwrite=args.overwrite)
+    rows = summarize(result, volume)
+    sidecar = {
+        "input": str(args.input),
+        "output": str(out),
+        "model": vp.model.name,
+        "weights": vp.model.weights_id,
+        "window": {"name": result.window.name, "low": result.window.low, "high": result.window.high},
+        "objects": rows,
+        "confidence": result.confidence,
+        "seconds": round(result.seconds, 3),
+    }
+    _write_json_atomic(side, sidecar)
+    total = time.perf_counter() - t0
+    for r in rows:
+        span = f"slices {r['slices'][0]}-{r['slices'][1]}" if r["slices"] else "no slices"
+        print(
+            f"{r['label']:>3} {r['name']:<20} {span:<18} {r['n_slices']:>4} slices "
+            f"{r['voxels']:>9} voxels {r['volume_ml']:>9.2f} mL"
+        )
+    print(f"wrote {out} and {side} ({len(rows)} objects, {total:.1f} s)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from medsam.models import MODEL_REGISTRY
+
+    for name, spec in MODEL_REGISTRY.items():
+        print(f"{name:<14} {getattr(spec, 'description', '')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except MedsamError as exc:
+        print(f"medsam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"medsam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Batched slice embedding of a volume, cached in memory and optionally on disk.
+
+Slices are windowed (:mod:`medsam.intensity`), preprocessed and encoded a batch at a time,
+so a volume is never converted to float as a whole. Embeddings are computed lazily: a
+request for slice ``k`` embeds a batch starting at ``k`` in the direction of travel, which
+is how propagation asks for them, so only the slices propagation reaches are embedded.
+
+The disk cache is keyed by (volume content hash, model name, weights hash, window); a
+cache written for another window, model or checkpoint is never reused.
+
+Examples
+--------
+>>> from medsam.io import load_volume                      # doctest: +SKIP
+>>> from medsam.models import load_model                   # doctest: +SKIP
+>>> vol = load_volume("sample_data/totalsegmentator/example_ct_sm.nii.gz")  # doctest: +SKIP
+>>> emb = SliceEmbedder(load_model("litemedsam"), vol, window="soft_tissue")  # doctest: +SKIP
+>>> emb.embed(range(10, 14))                                # doctest: +SKIP
+>>> emb.get(12).shape                                       # doctest: +SKIP
+torch.Size([1, 256, 64, 64])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsam.intensity import Window, WindowSpec, apply_window, resolve_window
+from medsam.predictor import embed_images
+
+__all__ = ["SliceEmbedder", "EmbeddingInfo", "volume_content_hash"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+def volume_content_hash(array: np.ndarray) -> str:
+    """SHA-256 (first 16 hex digits) of an array's shape, dtype and bytes."""
+    h = hashlib.sha256()
+    h.update(f"{array.shape}|{array.dtype.str}".encode())
+    a = np.ascontiguousarray(array)
+    flat = a.reshape(-1).view(np.uint8)
+    step = 1 << 24
+    for start in range(0, flat.size, step):
+        h.update(memoryview(flat[start : start + step]))
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    """Geometry of one embedded slice.
+
+    Attributes
+    ----------
+    original_hw:
+        ``(H, W)`` of the slice.
+    input_hw:
+        ``(h, w)`` of the resized image inside the model's ``S x S`` input.
+    """
+
+    original_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+
+
+class SliceEmbedder:
+    """Embeds the slices of one volume with one model and one window.
+
+    Parameters
+    ----------
+    model:
+        A :class:`medsam.models.PromptableSam` (already on its device).
+    volume:
+        A :class:`medsam.io.Volume`; slices are ``volume.array[k]`` of shape ``(Y, X)``
+        (or ``(Y, X, 3)`` for RGB).
+    window:
+        Any window spec or a resolved :class:`~medsam.intensity.Window`.
+    batch_size:
+        Slices per encoder call.
+    cache_dir:
+        Optional folder for the on-disk cache.
+    store_dtype:
+        dtype of the in-memory embeddings (``torch.float32`` keeps results identical to
+        an uncached run; ``torch.float16`` halves memory).
+    """
+
+    def __init__(
+        self,
+        model,
+        volume,
+        window: WindowSpec | Window = None,
+        *,
+        batch_size: int = 4,
+        cache_dir: str | Path | None = None,
+        store_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.volume = volume
+        self.window = window if isinstance(window, Window) else resolve_window(volume, window)
+        self.batch_size = int(batch_size)
+        self.store_dtype = store_dtype
+        self._store: dict[int, torch.Tensor] = {}
+        hw = tuple(int(s) for s in volume.grid_shape[1:3])
+        self.info = EmbeddingInfo(original_hw=hw, input_hw=tuple(model.frame_transform(hw).input_hw))
+        self.n_encoded = 0
+        self._cache_path: Path | None = None
+        if cache_dir is not None:
+            self._cache_path = Path(cache_dir) / self.cache_key()
+            self._cache_path.mkdir(parents=True, exist_ok=True)
+            self._write_signature()
+
+    # ------------------------------------------------------------------ keys
+    def signature(self) -> dict:
+        """Everything the embeddings depend on."""
+        return {
+            "format": CACHE_FORMAT,
+            "volume": volume_content_hash(self.volume.array),
+            "model": self.model.name,
+            "weights": self.model.weights_id or "unknown",
+            "window": self.window.key,
+            "preprocessing": repr(self.model.preprocessing),
+        }
+
+    def cache_key(self) -> str:
+        """A folder name derived from :meth:`signature`."""
+        sig = json.dumps(self.signature(), sort_keys=True)
+        return hashlib.sha256(sig.encode()).hexdigest()[:24]
+
+    def _write_signature(self) -> None:
+        assert self._cache_path is not None
+        path = self._cache_path / "signature.json"
+        sig = self.signature()
+        if path.exists():
+            on_disk = json.loads(path.read_text())
+            if on_disk != sig:  # a hash collision on the folder name; never reuse it
+                raise RuntimeError(f"{path}: embedding cache signature mismatch; delete the folder")
+            return
+        _atomic_write_bytes(path, json.dumps(sig, indent=1, sort_keys=True).encode())
+
+    # --------------------------------------------------------------- access
+    @property
+    def n_slices(self) -> int:
+        return int(self.volume.grid_shape[0])
+
+    def has(self, k: int) -> bool:
+        return k in self._store
+
+    def embedded_slices(self) -> list[int]:
+        return sorted(self._store)
+
+    def get(self, k: int, direction: int = 1) -> torch.Tensor:
+        """Embedding ``(1, 256, 64, 64)`` of slice ``k`` on the model's device.
+
+        Missing slices are embedded a batch at a time starting at ``k`` and continuing in
+        ``direction`` (+1 up, -1 down), so a propagation run triggers few encoder calls.
+        """
+        if not 0 <= k < self.n_slices:
+            raise IndexError(f"slice {k} out of range 0..{self.n_slices - 1}")
+        if k not in self._store:
+            step = 1 if direction >= 0 else -1
+            want = [j for j in range(k, k + step * self.batch_size, step) if 0 <= j < self.n_slices]
+            self.embed([j for j in want if j not in self._store])
+        return self._store[k].to(self.model.device, torch.float32)[None]
+
+    def embed(
+        self,
+        slices: Iterable[int] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Embed ``slices`` (default: all) that are not embedded yet, in batches.
+
+        ``progress(done, total)`` is called after each batch; ``should_stop()`` is polled
+        between batches so a GUI can cancel.
+        """
+        ks = list(range(self.n_slices)) if slices is None else [int(k) for k in slices]
+        todo = [k for k in dict.fromkeys(ks) if k not in self._store]
+        todo = [k for k in todo if not self._load_cached(k)]
+        total = len(todo)
+        for start in range(0, total, self.batch_size):
+            if should_stop is not None and should_stop():
+                logger.info("embedding cancelled after %d of %d slices", start, total)
+                return
+            batch = todo[start : start + self.batch_size]
+            emb = self._encode(batch)
+            for k, e in zip(batch, emb, strict=True):
+                self._store[k] = e.to("cpu", self.store_dtype)
+                self._save_cached(k)
+            if progress is not None:
+                progress(min(start + len(batch), total), total)
+
+    def window_slices(self, ks: list[int]) -> np.ndarray:
+        """Windowed slices ``(B, Y, X)`` (or ``(B, Y, X, 3)``) as float32 in [0, 1]."""
+        return apply_window(self.volume.array[ks], self.window)
+
+    def _encode(self, ks: list[int]) -> torch.Tensor:
+        x = torch.from_numpy(self.window_slices(ks))
+        x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
+        emb = embed_images(self.model, x.to(self.model.device))
+        self.n_encoded += len(ks)
+        return emb
+
+    # ------------------------------------------------------------------ disk
+    def _slice_file(self, k: int) -> Path:
+        assert self._cache_path is not None
+        return self._cache_path / f"slice_{k:05d}.pt"
+
+    def _load_cached(self, k: int) -> bool:
+        if self._cache_path is None:
+            return False
+        f = self._slice_file(k)
+        if not f.exists():
+            return False
+        try:
+            t = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a broken cache entry is recomputed, never trusted
+            logger.warning("%s: unreadable cache entry (%s); recomputing", f, exc)
+            return False
+        self._store[k] = t.to(self.store_dtype)
+        return True
+
+    def _save_cached(self, k: int) -> None:
+        if self._cache_path is None:
+            return
+        f = self._slice_file(k)
+        fd, tmp = tempfile.mkstemp(dir=f.parent, prefix=f".{f.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(self._store[k].clone(), tmp)
+            os.replace(tmp, f)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

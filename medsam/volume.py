@@ -1,0 +1,548 @@
+"""3D promptable segmentation: SAM2-style verbs on a typed volume session.
+
+``init_volume`` -> ``add_prompt`` (any slice, any object) -> ``propagate`` (a generator, both
+directions) -> correct with ``add_prompt`` on any slice -> ``propagate`` again -> ``to_labels``.
+
+Propagation carries each object slice to slice: the previous slice's mask gives the next
+slice's box (with a small margin, clipped to the object's 3D box when one is set).
+It stops when the mask vanishes, when the model's confidence falls below a threshold, or
+when the new mask jumps away from the previous one (an anatomical end reached: the box
+now frames a neighbouring structure). Between two prompted slices each slice is owned by
+the nearer prompt, so a correction re-propagates only the slices it owns and keeps every
+other slice's prompts and results.
+
+Examples
+--------
+>>> from medsam.io import load_volume                                   # doctest: +SKIP
+>>> vp = VolumePredictor("litemedsam", device="cpu")                    # doctest: +SKIP
+>>> session = vp.init_volume(load_volume("ct.nii.gz"), window="soft_tissue")  # doctest: +SKIP
+>>> vp.add_prompt(15, obj_id=1, box=(50, 40, 90, 80), name="liver")     # doctest: +SKIP
+>>> for step in vp.propagate():                                          # doctest: +SKIP
+...     print(step.slice, step.confidence)
+>>> labels = vp.to_labels()   # (Z, Y, X) uint8                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from medsam.embedding import SliceEmbedder
+from medsam.errors import PromptError
+from medsam.intensity import Window, WindowSpec
+from medsam.models import PromptableSam, load_model
+from medsam.predictor import SlicePrediction, SlicePredictor
+from medsam.prompts import (
+    ObjectPrompts,
+    PromptSet,
+    SlicePrompt,
+    box_from_mask,
+    merge_slice_prompts,
+    validate_slice_prompt,
+)
+
+__all__ = [
+    "PropagationConfig",
+    "SliceResult",
+    "ObjectState",
+    "VolumeSession",
+    "PropagationStep",
+    "VolumePredictor",
+]
+
+logger = logging.getLogger(__name__)
+
+Direction = Literal["both", "forward", "backward"]
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """How objects are carried from slice to slice.
+
+    Attributes
+    ----------
+    score_threshold:
+        Stop when the model's predicted IoU falls below this.
+    max_score_drop:
+        Stop when the predicted IoU drops by more than this from one slice to the next
+        (the object ended and the box now frames something the model is unsure of).
+    min_area:
+        Stop when the mask has fewer pixels than this (the object has vanished).
+    min_overlap:
+        Stop when the new mask covers less than this fraction of the previous mask's
+        area *and* the previous mask covers less than this fraction of the new one's:
+        the box has slid onto a neighbouring structure.
+    max_growth:
+        Stop when the area grows by more than this factor from one slice to the next
+        (a leak into an adjacent organ), once the object is larger than ``growth_min_area``.
+    growth_min_area:
+        Below this area (pixels), growth is not checked (small objects change fast).
+    box_margin:
+        Pixels added around the previous mask's box, as a fraction of its size
+        (at least ``box_margin_min`` pixels).
+    box_margin_min:
+        Minimum margin in pixels.
+    use_mask_input:
+        Also pass the previous slice's low-res logits as ``mask_input``.
+    """
+
+    score_threshold: float = 0.7
+    max_score_drop: float = 0.2
+    min_area: int = 5
+    min_overlap: float = 0.3
+    max_growth: float = 2.5
+    growth_min_area: int = 200
+    box_margin: float = 0.1
+    box_margin_min: float = 2.0
+    use_mask_input: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 <= self.min_overlap <= 1.0:
+            raise ValueError(f"min_overlap must be in [0, 1], got {self.min_overlap}")
+        if self.max_growth <= 1.0:
+            raise ValueError(f"max_growth must be > 1, got {self.max_growth}")
+        if self.min_area < 1 or self.box_margin < 0 or self.box_margin_min < 0:
+            raise ValueError("min_area must be >= 1 and margins >= 0")
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """One object's mask on one slice (bit-packed to keep long volumes small).
+
+    Attributes
+    ----------
+    packed:
+        ``np.packbits`` of the ``(Y, X)`` bool mask.
+    hw:
+        ``(Y, X)``.
+    score:
+        Model confidence (predicted IoU).
+    source:
+        ``"prompt"`` (a user prompt on this slice) or ``"propagated"``.
+    area:
+        Mask pixels.
+    """
+
+    packed: np.ndarray
+    hw: tuple[int, int]
+    score: float
+    source: str
+    area: int
+    low_res_logits: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_prediction(cls, pred: SlicePrediction, source: str) -> SliceResult:
+        mask = np.asarray(pred.mask, dtype=bool)
+        return cls(
+            packed=np.packbits(mask, axis=None),
+            hw=mask.shape,
+            score=float(pred.score),
+            source=source,
+            area=int(mask.sum()),
+            low_res_logits=pred.low_res_logits,
+        )
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``(Y, X)`` bool mask."""
+        n = self.hw[0] * self.hw[1]
+        return np.unpackbits(self.packed, count=n).reshape(self.hw).astype(bool)
+
+
+@dataclass
+class ObjectState:
+    """Everything known about one object in a session."""
+
+    label: int
+    name: str
+    prompts: dict[int, SlicePrompt] = field(default_factory=dict)
+    results: dict[int, SliceResult] = field(default_factory=dict)
+    propagate: bool = True
+    z_range: tuple[int, int] | None = None
+    xy_box: tuple[float, float, float, float] | None = None
+
+    @property
+    def prompted_slices(self) -> list[int]:
+        return sorted(self.prompts)
+
+
+@dataclass
+class VolumeSession:
+    """The typed state of one volume being segmented (SAM2's inference state, as a dataclass)."""
+
+    volume: Any
+    window: Window
+    embedder: SliceEmbedder
+    objects: dict[int, ObjectState] = field(default_factory=dict)
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        return self.volume.grid_shape
+
+    def confidence(self) -> dict[str, dict[str, Any]]:
+        """Per-object, per-slice confidence: ``{label: {"name", "slices": {k: score}}}``."""
+        return {
+            str(o.label): {
+                "name": o.name,
+                "slices": {str(k): round(r.score, 4) for k, r in sorted(o.results.items())},
+                "prompted_slices": o.prompted_slices,
+            }
+            for o in self.objects.values()
+        }
+
+
+@dataclass(frozen=True)
+class PropagationStep:
+    """What one propagation step produced on one slice.
+
+    Attributes
+    ----------
+    slice:
+        Slice index ``k``.
+    masks:
+        ``{label: (Y, X) bool mask}`` for the objects updated on this slice.
+    confidence:
+        ``{label: predicted IoU}``.
+    """
+
+    slice: int
+    masks: dict[int, np.ndarray]
+    confidence: dict[int, float]
+
+
+class VolumePredictor:
+    """Segment objects through a volume from prompts on a few slices.
+
+    Parameters
+    ----------
+    model:
+        A registry name (default ``"litemedsam"``) or a loaded
+        :class:`~medsam.models.PromptableSam`.
+    checkpoint:
+        Weights file for models that need one.
+    device:
+        ``None`` picks cuda, then mps, then cpu.
+    batch_size:
+        Slices per encoder call.
+    cache_dir:
+        Optional on-disk embedding cache.
+    config:
+        Propagation settings.
+    """
+
+    def __init__(
+        self,
+        model: PromptableSam | str = "litemedsam",
+        *,
+        checkpoint: str | Path | None = None,
+        device: Any = None,
+        batch_size: int = 4,
+        cache_dir: str | Path | None = None,
+        config: PropagationConfig | None = None,
+    ) -> None:
+        if isinstance(model, str):
+            model = load_model(model, checkpoint=checkpoint, device=device)
+        self.model = model
+        self.predictor = SlicePredictor(model)
+        self.batch_size = batch_size
+        self.cache_dir = cache_dir
+        self.config = config or PropagationConfig()
+        self.session: VolumeSession | None = None
+
+    # ------------------------------------------------------------------ session
+    def init_volume(self, volume, window: WindowSpec | Window = None) -> VolumeSession:
+        """Start a session on ``volume`` (any :class:`medsam.io.Volume`); nothing is embedded yet."""
+        embedder = SliceEmbedder(
+            self.model, volume, window, batch_size=self.batch_size, cache_dir=self.cache_dir
+        )
+        self.session = VolumeSession(volume=volume, window=embedder.window, embedder=embedder)
+        return self.session
+
+    def _session(self) -> VolumeSession:
+        if self.session is None:
+            raise RuntimeError("no volume; call init_volume(volume) first")
+        return self.session
+
+    def reset(self) -> None:
+        """Drop all objects, prompts and results; keep the volume and its embeddings."""
+        self._session().objects.clear()
+
+    def remove_object(self, obj_id: int) -> None:
+        self._session().objects.pop(int(obj_id), None)
+
+    # ------------------------------------------------------------------ prompts
+    def add_prompt(
+        self,
+        slice: int,
+        obj_id: int = 1,
+        *,
+        points: Sequence[Sequence[float]] | None = None,
+        point_labels: Sequence[int] | None = None,
+        box: Sequence[float] | None = None,
+        mask: np.ndarray | None = None,
+        name: str | None = None,
+        clear: bool = False,
+    ) -> SliceResult:
+        """Add prompts for object ``obj_id`` on slice ``slice`` and segment that slice now.
+
+        Points are ``(x, y)`` = (column, row) voxel indices; ``box`` is ``(x0, y0, x1, y1)``
+        inclusive. Points add to the slice's earlier points (unless ``clear``); a box or mask
+        replaces the earlier one. A correction is just another ``add_prompt``; call
+        :meth:`propagate` with ``start_slice`` to re-propagate from it.
+        """
+        s = self._session()
+        prompt = SlicePrompt(
+            slice,
+            points=points or (),
+            point_labels=point_labels or (),
+            box=None if box is None else tuple(box),
+            mask=mask,
+        )
+        obj = s.objects.get(int(obj_id))
+        where = f"object {name or obj_id}"
+        validate_slice_prompt(prompt, s.grid_shape, where)
+        if obj is None:
+            obj = ObjectState(label=ObjectPrompts(int(obj_id)).label, name=name or f"object_{obj_id}")
+            s.objects[obj.label] = obj
+        elif name:
+            obj.name = name
+        if not clear and slice in obj.prompts:
+            prompt = merge_slice_prompts([obj.prompts[slice], prompt])[0]
+        obj.prompts[prompt.slice] = prompt
+        result = self._segment_prompted(obj, prompt.slice)
+        return result
+
+    def add_objects(self, prompts: PromptSet) -> None:
+        """Add every object of a validated :class:`~medsam.prompts.PromptSet`."""
+        s = self._session()
+        for op in prompts.objects:
+            obj = s.objects.setdefault(op.label, ObjectState(label=op.label, name=op.name))
+            obj.name, obj.propagate, obj.z_range = op.name, op.propagate, op.z_range
+            for p in merge_slice_prompts(op.prompts):
+                validate_slice_prompt(p, s.grid_shape, f"object {op.name!r}")
+                obj.prompts[p.slice] = p
+            if op.z_range is not None:
+                boxes = [p.box for p in obj.prompts.values() if p.box is not None]
+                if boxes:
+                    b = np.array(boxes)
+                    obj.xy_box = (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
+            for k in obj.prompted_slices:
+                self._segment_prompted(obj, k)
+
+    def set_box_3d(
+        self, obj_id: int, box: Sequence[float], z_range: tuple[int, int], *, key_slice: int | None = None,
+        name: str | None = None,
+    ) -> SliceResult:
+        """3D-box mode: a box ``(x0, y0, x1, y1)`` plus an inclusive slice range ``(k0, k1)``.
+
+        The box is applied on ``key_slice`` (default: the middle of the range); propagation
+        stays inside the range and inside the box's footprint.
+        """
+        k0, k1 = int(z_range[0]), int(z_range[1])
+        z = self._session().grid_shape[0]
+        if not (0 <= k0 <= k1 < z):
+            raise PromptError(f"z_range {list(z_range)} is out of range or inverted (slices 0..{z - 1})")
+        key = (k0 + k1) // 2 if key_slice is None else int(key_slice)
+        if not k0 <= key <= k1:
+            raise PromptError(f"key slice {key} lies outside z_range {[k0, k1]}")
+        result = self.add_prompt(key, obj_id, box=box, name=name, clear=True)
+        obj = self._session().objects[int(obj_id)]
+        obj.z_range = (k0, k1)
+        obj.xy_box = tuple(float(v) for v in box)
+        return result
+
+    def _segment_prompted(self, obj: ObjectState, k: int) -> SliceResult:
+        s = self._session()
+        p = obj.prompts[k]
+        self._set_slice(k)
+        mask_input = None
+        if p.mask is not None:
+            mask_input = self._mask_to_logits(p.mask)
+        pred = self.predictor.predict(
+            points=list(p.points) or None,
+            point_labels=list(p.point_labels) or None,
+            box=p.box,
+            mask_input=mask_input,
+        )
+        if p.mask is not None and p.box is None and not p.points:
+            # A painted mask is the user's answer for this slice: keep it as is.
+            pred = SlicePrediction(
+                mask=p.mask.copy(), score=1.0, low_res_logits=pred.low_res_logits,
+                masks=p.mask[None].copy(), scores=np.ones(1, np.float32),
+            )
+        result = SliceResult.from_prediction(pred, "prompt")
+        obj.results[k] = result
+        s.objects[obj.label] = obj
+        return result
+
+    def _mask_to_logits(self, mask: np.ndarray) -> np.ndarray:
+        """A ``(Y, X)`` bool mask as ``(1, 256, 256)`` pseudo-logits in the model frame."""
+        import torch
+
+        with torch.inference_mode():
+            t = self.model.mask_to_logits(torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None])
+        return t[0].cpu().numpy()
+
+    def _set_slice(self, k: int, direction: int = 1) -> None:
+        s = self._session()
+        emb = s.embedder.get(k, direction)
+        info = s.embedder.info
+        self.predictor.set_embedding(emb, info.original_hw, info.input_hw)
+
+    # --------------------------------------------------------------- propagation
+    def _segments(self, obj: ObjectState, start_slice: int | None) -> list[tuple[int, int, int]]:
+        """``(seed, stop, step)`` runs: from a prompted slice to the midpoint with the next one."""
+        z = self._session().grid_shape[0]
+        lo, hi = (0, z - 1) if obj.z_range is None else obj.z_range
+        seeds = obj.prompted_slices
+        runs: list[tuple[int, int, int]] = []
+        for i, sd in enumerate(seeds):
+            if start_slice is not None and sd != start_slice:
+                continue
+            above = seeds[i + 1] if i + 1 < len(seeds) else None
+            below = seeds[i - 1] if i > 0 else None
+            up_end = hi if above is None else min(hi, (sd + above) // 2)
+            down_end = lo if below is None else max(lo, (below + sd) // 2 + 1)
+            runs.append((sd, up_end, 1))
+            runs.append((sd, down_end, -1))
+        return runs
+
+    def _next_box(self, obj: ObjectState, prev: np.ndarray) -> tuple[float, float, float, float] | None:
+        b = box_from_mask(prev)
+        if b is None:
+            return None
+        h, w = prev.shape
+        x0, y0, x1, y1 = b
+        mx = max(self.config.box_margin_min, self.config.box_margin * (x1 - x0 + 1))
+        my = max(self.config.box_margin_min, self.config.box_margin * (y1 - y0 + 1))
+        x0, y0, x1, y1 = x0 - mx, y0 - my, x1 + mx, y1 + my
+        if obj.xy_box is not None:
+            bx0, by0, bx1, by1 = obj.xy_box
+            x0, y0, x1, y1 = max(x0, bx0), max(y0, by0), min(x1, bx1), min(y1, by1)
+        x0, y0 = max(0.0, x0), max(0.0, y0)
+        x1, y1 = min(w - 1.0, x1), min(h - 1.0, y1)
+        if x1 < x0 or y1 < y0:
+            return None
+        return (x0, y0, x1, y1)
+
+    def _accept(self, prev: SliceResult, new: SliceResult, new_mask: np.ndarray, prev_mask: np.ndarray) -> str | None:
+        """Why propagation should stop at this slice, or None to continue."""
+        cfg = self.config
+        if new.area < cfg.min_area:
+            return "mask vanished"
+        if new.score < cfg.score_threshold:
+            return f"confidence {new.score:.2f} < {cfg.score_threshold}"
+        if new.score < prev.score - cfg.max_score_drop:
+            return f"confidence fell from {prev.score:.2f} to {new.score:.2f}"
+        inter = float(np.logical_and(new_mask, prev_mask).sum())
+        if inter < cfg.min_overlap * new.area and inter < cfg.min_overlap * prev.area:
+            return "mask moved off the previous slice's object"
+        if prev.area >= cfg.growth_min_area and new.area > cfg.max_growth * prev.area:
+            return f"area grew {new.area / max(prev.area, 1):.1f}x (leak)"
+        return None
+
+    def _run(self, obj: ObjectState, seed: int, end: int, step: int) -> Iterator[tuple[int, SliceResult]]:
+        """Carry ``obj`` from ``seed`` towards ``end`` (inclusive); yields new results."""
+        for k in range(seed + step, end + step, step) if seed != end else ():
+            if k in obj.prompts:
+                return
+            obj.results.pop(k, None)
+        prev = obj.results.get(seed)
+        if prev is None:
+            prev = self._segment_prompted(obj, seed)
+        prev_mask = prev.mask
+        for k in range(seed + step, end + step, step) if seed != end else ():
+            box = self._next_box(obj, prev_mask)
+            if box is None:
+                logger.debug("object %s: stop before slice %d (empty mask)", obj.name, k)
+                return
+            self._set_slice(k, step)
+            mask_input = prev.low_res_logits if self.config.use_mask_input else None
+            pred = self.predictor.predict(box=box, mask_input=mask_input)
+            new = SliceResult.from_prediction(pred, "propagated")
+            why = self._accept(prev, new, pred.mask, prev_mask)
+            if why is not None:
+                logger.debug("object %s: stop at slice %d: %s", obj.name, k, why)
+                return
+            if not self.config.use_mask_input:
+                new = SliceResult(new.packed, new.hw, new.score, new.source, new.area)
+            obj.results[k] = new
+            yield k, new
+            prev, prev_mask = new, pred.mask
+
+    def propagate(
+        self,
+        direction: Direction = "both",
+        *,
+        obj_ids: Sequence[int] | None = None,
+        start_slice: int | None = None,
+    ) -> Iterator[PropagationStep]:
+        """Propagate objects through the volume from their prompted slices.
+
+        Parameters
+        ----------
+        direction:
+            ``"both"``, ``"forward"`` (increasing k) or ``"backward"``.
+        obj_ids:
+            Objects to propagate (default: all with ``propagate=True``).
+        start_slice:
+            Only re-propagate from this prompted slice (after a correction there); other
+            slices keep their results.
+
+        Yields
+        ------
+        PropagationStep
+            One per slice and object as soon as its mask is ready.
+        """
+        if direction not in ("both", "forward", "backward"):
+            raise ValueError(f"direction must be 'both', 'forward' or 'backward', got {direction!r}")
+        s = self._session()
+        ids = list(s.objects) if obj_ids is None else [int(i) for i in obj_ids]
+        for i in ids:
+            if i not in s.objects:
+                raise PromptError(f"unknown object id {i}; known: {sorted(s.objects)}")
+        steps = {"both": (1, -1), "forward": (1,), "backward": (-1,)}[direction]
+        for i in ids:
+            obj = s.objects[i]
+            if not obj.propagate and obj_ids is None:
+                continue
+            if start_slice is not None and start_slice not in obj.prompts:
+                raise PromptError(f"object {obj.name!r} has no prompt on slice {start_slice}")
+            for seed, end, step in self._segments(obj, start_slice):
+                if step not in steps:
+                    continue
+                for k, res in self._run(obj, seed, end, step):
+                    yield PropagationStep(slice=k, masks={obj.label: res.mask}, confidence={obj.label: res.score})
+
+    def run(self, direction: Direction = "both") -> VolumeSession:
+        """Propagate everything to completion (the non-generator form)."""
+        for _ in self.propagate(direction):
+            pass
+        return self._session()
+
+    # ------------------------------------------------------------------- output
+    def to_labels(self, dtype: Any = None) -> np.ndarray:
+        """``(Z, Y, X)`` label map; where objects overlap, the more confident one wins."""
+        s = self._session()
+        max_label = max((o.label for o in s.objects.values()), default=0)
+        dtype = dtype or (np.uint8 if max_label <= 255 else np.uint16)
+        labels = np.zeros(s.grid_shape, dtype=dtype)
+        best = np.zeros(s.grid_shape[1:], dtype=np.float32)
+        by_slice: dict[int, list[tuple[float, int, SliceResult]]] = {}
+        for o in s.objects.values():
+            for k, r in o.results.items():
+                by_slice.setdefault(k, []).append((r.score, o.label, r))
+        for k, items in by_slice.items():
+            best[:] = -1.0
+            for score, label, r in sorted(items, key=lambda t: t[0]):
+                m = r.mask
+                labels[k][m] = label
+                best[m] = score
+        return labels
