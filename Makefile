@@ -30,7 +30,7 @@ sysdeps:
 	else echo "warning: Xvfb is missing; install: $(APT_PKGS)"; fi
 
 demo: $(STAMP)
-	$(PY) -m medsam.demo --out out
+	$(PY) -m medsam.demo --out out --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q
