@@ -22,7 +22,7 @@ from medsam.errors import InputFileError
 from medsam.io.dicom import series_metadata
 from medsam.io.dicom_geometry import order_slices, slice_axes
 from medsam.io.dicom_header import Header, first_float, float_tuple
-from medsam.io.dicom_pixels import output_dtype, shrink_dtype
+from medsam.io.dicom_pixels import decode_file, output_dtype, shrink_dtype
 from medsam.io.formats import short_error
 from medsam.io.volume import Volume
 
@@ -144,21 +144,11 @@ def _pixels(
     path: Path, ds: pydicom.Dataset, h: Header, rescale: list[tuple[float, float]]
 ) -> np.ndarray:
     """``(frames, Y, X)`` rescaled pixels in the smallest fitting dtype."""
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO("GDCMImageIO")
-    reader.SetFileName(str(path))
     if len(set(rescale)) == 1:
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            raise InputFileError(
-                path,
-                f"cannot decode the pixel data, the file may be truncated or corrupt ({short_error(exc)})",
-            ) from None
-        a = sitk.GetArrayViewFromImage(image)
-        if a.ndim == 2:
-            a = a[None]
-        return a.astype(np.float32) if a.dtype.kind == "f" else shrink_dtype(np.array(a))
+        reader = sitk.ImageFileReader()
+        reader.SetImageIO("GDCMImageIO")
+        a = decode_file(reader, path)
+        return a.astype(np.float32) if a.dtype.kind == "f" else shrink_dtype(a)
     # Frames rescaled differently: GDCM would apply one frame's values to all.
     try:
         stored = ds.pixel_array
