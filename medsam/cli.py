@@ -135,12 +135,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not args.quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=0, desc="propagate", unit="slice", file=sys.stderr, leave=False)
+        bar = tqdm(total=0, desc="embed+propagate", unit="slice", file=sys.stderr, leave=False)
 
     def progress(stage: str, done: int, total: int) -> None:
         if bar is not None:
             bar.total = total
             bar.n = done
+            # embedding happens lazily, a batch ahead of propagation: show both
+            bar.set_postfix(embedded=vp.session.embedder.n_encoded if vp.session else 0, refresh=False)
             bar.refresh()
 
     result = segment_volume(
