@@ -138,9 +138,15 @@ def missing_embeddings(session, slices: Iterable[int]) -> list[int]:
 
 
 # ------------------------------------------------------------------------------ objects
+def _session_of(vp: VolumePredictor):
+    if vp.session is None:
+        raise RuntimeError("no volume; call VolumePredictor.init_volume(volume) first")
+    return vp.session
+
+
 def ensure_object(vp: VolumePredictor, label: int, name: str | None = None) -> ObjectState:
     """Return object ``label`` of the session, creating it (without prompts) if needed."""
-    s = vp._session()
+    s = _session_of(vp)
     label = int(label)
     if not 1 <= label <= 65535:
         raise ValueError(f"object label must be in 1..65535, got {label}")
@@ -207,7 +213,7 @@ def sync_object_prompts(
 
 def remove_object(vp: VolumePredictor, label: int) -> list[int]:
     """Delete object ``label`` with its prompts and masks; returns the slices it covered."""
-    obj = vp._session().objects.get(int(label))
+    obj = _session_of(vp).objects.get(int(label))
     if obj is None:
         return []
     slices = sorted(set(obj.results) | set(obj.prompts))
@@ -236,7 +242,7 @@ def propagate_object(
         slice that lost its prompt, re-propagates the whole object. Other objects are
         never touched.
     """
-    obj = vp._session().objects.get(int(label))
+    obj = _session_of(vp).objects.get(int(label))
     if obj is None or not obj.prompts:
         return
     changed = None if changed_slices is None else sorted({int(k) for k in changed_slices})

@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config):
+    """Load triton's LLVM before any napari viewer brings Mesa's (see napari_plugin/_compat.py)."""
+    from napari_plugin._compat import import_triton_first
+
+    import_triton_first()
+
+
 @pytest.fixture(scope="session")
 def sample_data() -> Path:
     """The repository's ``sample_data`` folder (real CT/MR scans and reference masks)."""

@@ -1,0 +1,346 @@
+"""The Segment Anything dock widget.
+
+The widget owns its state (no globals) and holds references to the layers it creates; it
+never looks layers up by name. Every action calls the core: :class:`~medsam.volume.VolumePredictor`
+and :mod:`medsam.session_ops`. Conversions between napari layer data and prompts happen in
+:mod:`napari_plugin._layers` only. Slow work (loading the model, embedding, propagation)
+runs in napari thread workers; the main thread only runs the mask decoder on slices that
+are already embedded, so the interface never freezes.
+
+Shortcuts (on the widget's layers): ``T`` toggles the point type (positive/negative),
+``Ctrl+Z`` / ``Ctrl+Shift+Z`` undo and redo changes to the labels layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QFileDialog, QWidget
+
+from medsam import session_ops
+from medsam.errors import MedsamError
+from medsam.intensity import resolve_window
+from medsam.models import list_models
+
+from . import _widget_layers as wl
+from ._layers import current_slice, volume_of_layer
+from ._undo import LabelsUndo
+from ._widget_prompts import PromptsMixin
+from ._widget_ui import SamWidgetUI
+from ._writer import save_labels
+
+__all__ = ["SamWidget"]
+
+logger = logging.getLogger(__name__)
+
+
+class SamWidget(PromptsMixin, QWidget):
+    """Promptable segmentation of a CT/MR volume in napari.
+
+    Parameters
+    ----------
+    napari_viewer:
+        The viewer (npe2 passes it).
+    device:
+        Torch device for the model (``None``: cuda, then mps, then cpu).
+    cache_dir:
+        Optional on-disk embedding cache (reopening a scan then skips the encoder).
+    """
+
+    def __init__(self, napari_viewer, *, device: Any = None, cache_dir: Any = None) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.device, self.cache_dir = device, cache_dir
+        self.ui = SamWidgetUI(self, list_models())
+        self.vp = None
+        self._vp_key: tuple[str, str] | None = None
+        self.volume = None
+        self.image_layer: Image | None = None
+        self.labels_layer = self.points_layer = self.shapes_layer = None
+        self.undo_stack: LabelsUndo | None = None
+        self.objects: dict[int, dict[str, Any]] = {}  # label -> {"name", "color"}
+        self.current_label: int | None = None
+        self._stored_prompts: dict[int, dict[str, Any]] = {}  # prompts of the other objects
+        self._changed: dict[int, set[int] | None] = {}  # slices changed since propagation
+        self.confidence: dict[int, dict[int, float]] = {}  # label -> {slice: score} of propagation
+        self._jobs: dict[str, Any] = {}  # "load", "embed", "demand", "propagate" -> worker
+        self._embedding_paused = False
+        self._loading_layers = False
+        self._pending: set[int] = set()  # objects whose prompts wait for embeddings
+        self._connect()
+        self._refresh_images()
+
+    # ------------------------------------------------------------------ wiring
+    def _connect(self) -> None:
+        u = self.ui
+        u.prepare_btn.clicked.connect(self.prepare)
+        u.cancel_btn.clicked.connect(self.cancel)
+        u.new_obj_btn.clicked.connect(lambda: self.new_object())
+        u.del_obj_btn.clicked.connect(self.delete_object)
+        u.object_combo.activated.connect(lambda i: self.select_object(u.object_combo.itemData(i)))
+        u.propagate_btn.clicked.connect(self.propagate)
+        u.undo_btn.clicked.connect(self.undo)
+        u.redo_btn.clicked.connect(self.redo)
+        u.export_btn.clicked.connect(lambda: self.export())
+        u.image_combo.currentIndexChanged.connect(self._on_image_choice)
+        u.window_combo.currentTextChanged.connect(self._on_window_choice)
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._refresh_images)
+
+    def _refresh_images(self, *_: Any) -> None:
+        images = [ly for ly in self.viewer.layers if isinstance(ly, Image)]
+        self.ui.set_images(images, keep=self.ui.image_combo.currentData())
+
+    def _on_image_choice(self, *_: Any) -> None:
+        layer = self.ui.image_combo.currentData()
+        if layer is None:
+            return
+        try:
+            choices, default = session_ops.window_options(volume_of_layer(layer))
+        except ValueError as exc:
+            self.ui.status(str(exc))
+            return
+        self.ui.set_windows(choices, default)
+
+    def _on_window_choice(self, name: str) -> None:
+        layer = self.ui.image_combo.currentData()
+        if not name or layer is None or getattr(layer, "rgb", False):
+            return
+        try:
+            w = resolve_window(volume_of_layer(layer), name)
+        except (MedsamError, ValueError):
+            return
+        layer.contrast_limits = (w.low, w.high)
+        if self.session is not None and self.image_layer is layer and self.session.window.name != w.name:
+            self.ui.status("Window changed: press Prepare to embed with it.")
+
+    @property
+    def busy(self) -> bool:
+        """True while a background job (model, embedding, propagation) runs."""
+        return bool(self._jobs)
+
+    @property
+    def session(self):
+        return None if self.vp is None else self.vp.session
+
+    def _launch(self, kind: str, job, *, yielded=None, returned=None, done=None) -> None:
+        self._jobs[kind] = job
+        if yielded is not None:
+            job.yielded.connect(yielded)
+        if returned is not None:
+            job.returned.connect(returned)
+        job.errored.connect(self._on_error)
+        job.finished.connect(lambda: self._job_finished(kind, job, done))
+        self.ui.set_busy(True)
+        job.start()
+
+    def _job_finished(self, kind: str, job, done) -> None:
+        if self._jobs.get(kind) is job:
+            del self._jobs[kind]
+        self.ui.set_busy(self.busy)
+        if done is not None:
+            done()
+
+    def cancel(self) -> None:
+        """Stop embedding and propagation (what is done so far is kept)."""
+        self._embedding_paused = False
+        for kind in ("embed", "propagate"):
+            if kind in self._jobs:
+                self._jobs[kind].quit()
+
+    def _on_error(self, exc: BaseException) -> None:
+        logger.error("medsam widget: %s", exc)
+        show_error(f"medsam: {exc}")
+        self.ui.status(f"Error: {exc}")
+
+    # ----------------------------------------------------------------- prepare
+    def prepare(self) -> None:
+        """Load the model if needed, start a session on the chosen image, embed in background."""
+        layer = self.ui.image_combo.currentData()
+        if layer is None:
+            show_warning("Open a CT or MR volume first.")
+            return
+        if {"load", "propagate"} & set(self._jobs):
+            show_warning("Wait for the running job to finish (or cancel it).")
+            return
+        try:
+            volume = volume_of_layer(layer)
+        except ValueError as exc:
+            show_error(str(exc))
+            return
+        key = (self.ui.model_combo.currentText(), self.ui.checkpoint_edit.text().strip())
+        if self.vp is not None and self._vp_key == key:
+            self._start_session(layer, volume)
+            return
+        self.ui.status(f"Loading model {key[0]}...")
+
+        def loaded(vp) -> None:
+            self.vp, self._vp_key = vp, key
+            self._start_session(layer, volume)
+
+        self._launch("load", wl.load_worker(key[0], key[1], self.device, self.cache_dir), returned=loaded)
+
+    def _start_session(self, layer: Image, volume) -> None:
+        if "embed" in self._jobs:
+            self._jobs["embed"].quit()
+        self.vp.init_volume(volume, self.ui.window_combo.currentText() or None)
+        self.image_layer, self.volume = layer, volume
+        self._make_layers(layer, volume)
+        for store in (self.objects, self._stored_prompts, self._changed, self.confidence):
+            store.clear()
+        self._pending.clear()
+        self.ui.object_combo.clear()
+        self.current_label = None
+        self.new_object()
+        self._embed_rest()
+
+    def _embed_rest(self) -> None:
+        """Embed every slice not embedded yet, nearest to the visible slice first."""
+        self._embedding_paused = False
+        k = current_slice(self.viewer, self.image_layer)
+        order = session_ops.embedding_order(self.volume.n_slices, k)
+        todo = set(session_ops.missing_embeddings(self.session, order))
+        order = [j for j in order if j in todo]
+        if not order:
+            return
+        self.ui.progress(0, len(order))
+        self.ui.status(f"Embedding slice {order[0]}, then {len(order) - 1} more in the background...")
+        self._launch(
+            "embed", wl.embed_worker(self.session.embedder, order),
+            yielded=self._on_embed_progress, done=self._on_embed_done,
+        )
+
+    def _on_embed_progress(self, value: tuple[int, int]) -> None:
+        self.ui.progress(*value)
+        if self._pending and "demand" not in self._jobs:
+            self._request_sync()
+
+    def _on_embed_done(self) -> None:
+        if "propagate" in self._jobs or self.session is None:
+            return
+        if self._embedding_paused:
+            self._embed_rest()
+            return
+        n = len(self.session.embedder.embedded_slices())
+        self.ui.status(f"{n} of {self.volume.n_slices} slices embedded. Draw a box or click points.")
+
+    def _make_layers(self, image: Image, volume) -> None:
+        for layer in (self.points_layer, self.shapes_layer):
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self.labels_layer = wl.make_labels_layer(image, volume, f"{image.name} segmentation")
+        self.points_layer = wl.make_points_layer(image, volume, "prompt points (T: +/-)")
+        self.shapes_layer = wl.make_shapes_layer(image, volume, "prompt boxes")
+        self.undo_stack = LabelsUndo(self.labels_layer)
+        for layer in (self.labels_layer, self.shapes_layer, self.points_layer):
+            self.viewer.add_layer(layer)
+            layer.bind_key("Control-Z", lambda _ly: self.undo(), overwrite=True)
+            layer.bind_key("Control-Shift-Z", lambda _ly: self.redo(), overwrite=True)
+        self.points_layer.bind_key("T", lambda _ly: self.toggle_point_type(), overwrite=True)
+        self.points_layer.events.data.connect(self._on_prompts_changed)
+        self.shapes_layer.events.data.connect(self._on_prompts_changed)
+        self.points_layer.mode = "add"
+        self.viewer.layers.selection.active = self.points_layer
+
+    # ------------------------------------------------------------- propagation
+    def propagate(self) -> None:
+        """Propagate the current object through the volume (both directions) in background."""
+        label = self.current_label
+        if self.session is None or label is None or "propagate" in self._jobs:
+            return
+        obj = self.session.objects.get(label)
+        if obj is None or not obj.prompts:
+            show_warning("Add a box or points on a slice before propagating.")
+            return
+        # Propagation embeds the slices it reaches itself; background embedding pauses so
+        # two encoders do not compete for the CPU, and resumes afterwards.
+        if "embed" in self._jobs:
+            self._embedding_paused = True
+            self._jobs["embed"].quit()
+        self._prop_steps = 0
+        self.ui.progress(0, max(self.volume.n_slices - 1, 1))
+        self.ui.status(f"Propagating {self.objects[label]['name']}...")
+        job = wl.propagate_worker(self.vp, label, self._changed.get(label))
+        complete = {"ok": True}  # a cancelled or failed run propagates the same slices again next time
+        job.aborted.connect(lambda: complete.update(ok=False))
+        job.errored.connect(lambda _exc: complete.update(ok=False))
+        self._launch("propagate", job, yielded=self._on_prop_step, done=lambda: self._on_prop_done(label, complete["ok"]))
+
+    def _on_prop_step(self, step) -> None:
+        self._prop_steps += 1
+        n = max(self.volume.n_slices - 1, 1)
+        self.ui.progress(min(self._prop_steps, n), n)
+        for label, score in step.confidence.items():
+            self.confidence.setdefault(label, {})[step.slice] = score
+            self.ui.status(f"Slice {step.slice}: confidence {score:.2f}")
+
+    def _on_prop_done(self, label: int, complete: bool = True) -> None:
+        if complete:
+            self._changed[label] = set()
+        self._commit(None)
+        obj = self.session.objects.get(label)
+        summary = session_ops.result_summary(obj.results if obj else {})
+        name = self.objects.get(label, {}).get("name", label)
+        self.ui.progress(1, 1)
+        self.ui.status(f"{name}: {summary}")
+        self.ui.confidence_label.setText(f"{name}: {summary}")
+        if obj is not None:
+            per_slice = "\n".join(f"slice {k}: {r.score:.2f} ({r.source})" for k, r in sorted(obj.results.items()))
+            self.ui.confidence_label.setToolTip(f"{name}, confidence per slice:\n{per_slice}")
+        show_info(f"medsam: propagated {name}: {summary}")
+        self._request_sync()
+        if self._embedding_paused and "embed" not in self._jobs:
+            self._embed_rest()
+
+    # ---------------------------------------------------------- labels/history
+    def _commit(self, slices) -> list[int]:
+        """Write the session's label map into the labels layer (one undoable step)."""
+        if self.undo_stack is None or self.session is None:
+            return []
+        return self.undo_stack.commit(self.vp.to_labels(), slices)
+
+    def undo(self) -> list[int]:
+        """Undo the last change to the labels layer; returns the slices a commit restored."""
+        return [] if self.undo_stack is None else self.undo_stack.undo()
+
+    def redo(self) -> list[int]:
+        """Re-apply the last undone change; returns the slices written."""
+        return [] if self.undo_stack is None else self.undo_stack.redo()
+
+    # ------------------------------------------------------------------ export
+    def export(self, path: str | Path | None = None) -> str | None:
+        """Save the labels layer with the source geometry (NIfTI, NRRD or MetaImage).
+
+        Without ``path`` a save dialog asks (and confirms replacing an existing file, so
+        the file is overwritten); a ``path`` given in code is never overwritten.
+        """
+        if self.labels_layer is None:
+            show_warning("Nothing to export yet.")
+            return None
+        overwrite = False
+        if path is None:
+            start = str(Path(self.volume.source).parent) if self.volume.source else ""
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Export segmentation", start,
+                "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)",
+            )
+            if not path:
+                return None
+            overwrite = True  # the dialog has just confirmed replacing an existing file
+        _, meta, _ = self.labels_layer.as_layer_data_tuple()
+        try:
+            out = save_labels(path, self.labels_layer.data, meta, overwrite=overwrite)
+        except (MedsamError, OSError, ValueError) as exc:
+            show_error(str(exc))
+            return None
+        show_info(f"medsam: saved {out}")
+        self.ui.status(f"Saved {out}")
+        return out
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        self.cancel()
+        super().closeEvent(event)

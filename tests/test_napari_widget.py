@@ -1,0 +1,220 @@
+"""The Segment Anything widget in a real napari viewer (Xvfb) with the real LiteMedSAM model.
+
+One user session on the sample CT: open it through the plugin's reader, prepare (embed in
+the background), prompt with a box and points, add a second object, propagate, undo/redo,
+correct a slice and propagate again, export, and take a screenshot for the docs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from napari.utils.key_bindings import coerce_keybinding
+from scipy import ndimage as ndi
+
+from medsam.io import load_volume
+from napari_plugin._layers import NEGATIVE, POSITIVE, current_slice
+from napari_plugin._reader import get_reader
+from napari_plugin._widget import SamWidget
+
+REPO = Path(__file__).resolve().parents[1]
+LIVER, SPLEEN = 5, 1  # TotalSegmentator labels
+TIMEOUT_MS = 240_000
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def box_rect(mask2d: np.ndarray, k: int) -> np.ndarray:
+    """A napari rectangle (z, row, col) around a 2D mask on slice k."""
+    rows, cols = np.nonzero(mask2d)
+    r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
+    return np.array([[k, r0, c0], [k, r0, c1], [k, r1, c1], [k, r1, c0]], dtype=float)
+
+
+def _close_notifications(viewer) -> None:
+    """Close napari's toast notifications so they do not cover the screenshot."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+
+
+def test_widget_user_session(make_napari_viewer, qtbot, sample_data: Path, tmp_path: Path, monkeypatch) -> None:
+    ct = sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    ref = load_volume(sample_data / "totalsegmentator" / "example_seg.nii.gz").array
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    [(data, kwargs, _)] = get_reader(str(ct))(str(ct))
+    image = viewer.add_image(data, **kwargs)
+    widget = SamWidget(viewer, device="cpu")
+    viewer.window.add_dock_widget(widget, name="Segment Anything", area="right")
+
+    k = 24  # a large liver slice
+    viewer.dims.set_point(0, image.data_to_world([k, 0, 0])[0])
+    assert current_slice(viewer, image) == k
+    assert widget.ui.window_combo.currentText() == "soft_tissue"
+
+    widget.ui.name_edit.setText("liver")
+    widget.ui.label_spin.setValue(LIVER)
+    widget.prepare()
+    qtbot.waitUntil(lambda: widget.session is not None and widget.session.embedder.has(k), timeout=TIMEOUT_MS)
+    assert widget.current_label == LIVER
+    assert len(widget.session.embedder.embedded_slices()) < image.data.shape[0]  # rest: background
+    labels = widget.labels_layer
+
+    # A box on the visible slice segments it at once, while the rest is still embedding.
+    widget.shapes_layer.data = [box_rect(ref[k] == LIVER, k)]
+    qtbot.waitUntil(lambda: (labels.data[k] == LIVER).any(), timeout=TIMEOUT_MS)
+    assert dice(labels.data[k] == LIVER, ref[k] == LIVER) > 0.9
+
+    # Positive and negative points (T toggles the type; colours differ), placed deep inside
+    # the liver and the spleen. LiteMedSAM is box-trained: on this slice box + both points
+    # scores Dice 0.89 against 0.97 for the box alone (measured), so the user deletes them.
+    pos = np.unravel_index(ndi.distance_transform_edt(ref[k] == LIVER).argmax(), ref[k].shape)
+    neg = np.unravel_index(ndi.distance_transform_edt(ref[k] == SPLEEN).argmax(), ref[k].shape)
+    widget.points_layer.add([[k, *pos]])
+    assert widget.toggle_point_type() == NEGATIVE
+    widget.points_layer.add([[k, *neg]])
+    assert list(widget.points_layer.features["prompt"]) == [POSITIVE, NEGATIVE]
+    toggle = widget.points_layer.keymap[coerce_keybinding("T")]
+    toggle(widget.points_layer)  # the T key
+    assert widget.points_layer.feature_defaults["prompt"].iloc[0] == POSITIVE
+    toggle(widget.points_layer)
+    colors = widget.points_layer.face_color
+    assert colors[0][1] > 0.4 > colors[0][0] and colors[1][0] > 0.9 > 0.1 > colors[1][1]
+    qtbot.waitUntil(lambda: len(widget.session.objects[LIVER].prompts[k].points) == 2, timeout=TIMEOUT_MS)
+    prompt = widget.session.objects[LIVER].prompts[k]
+    assert prompt.point_labels == (1, 0) and prompt.points[0] == (pos[1], pos[0])  # (x, y)
+    assert dice(labels.data[k] == LIVER, ref[k] == LIVER) > 0.85
+    widget.toggle_point_type()
+    assert widget.points_layer.feature_defaults["prompt"].iloc[0] == POSITIVE
+    widget.points_layer.selected_data = {0, 1}
+    widget.points_layer.remove_selected()
+    qtbot.waitUntil(lambda: not widget.session.objects[LIVER].prompts[k].points, timeout=TIMEOUT_MS)
+    assert dice(labels.data[k] == LIVER, ref[k] == LIVER) > 0.95
+
+    # A second object with its own prompts; switching back restores the liver's prompts.
+    ks = int(np.argmax((ref == SPLEEN).sum(axis=(1, 2))))
+    assert widget.new_object("spleen", SPLEEN, "#1f78b4") == SPLEEN
+    assert len(widget.points_layer.data) == 0 and len(widget.shapes_layer.data) == 0
+    widget.shapes_layer.data = [box_rect(ref[ks] == SPLEEN, ks)]
+    qtbot.waitUntil(lambda: (labels.data[ks] == SPLEEN).any(), timeout=TIMEOUT_MS)
+    assert dice(labels.data[ks] == SPLEEN, ref[ks] == SPLEEN) > 0.8
+    widget.select_object(LIVER)
+    assert len(widget.points_layer.data) == 0 and len(widget.shapes_layer.data) == 1
+
+    # Propagate the liver through the volume.
+    before = labels.data.copy()
+    widget.propagate()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    after = labels.data.copy()
+    liver_dice = dice(after == LIVER, ref == LIVER)
+    print(f"liver Dice after propagation: {liver_dice:.3f}")
+    # measured 0.90 (box + 2 points on slice 24, LiteMedSAM on CPU)
+    assert liver_dice > 0.8, liver_dice
+    assert (after == LIVER).any(axis=(1, 2)).sum() >= 20
+    assert len(widget.confidence[LIVER]) >= 20 and min(widget.confidence[LIVER].values()) > 0.5
+    np.testing.assert_array_equal(after[ks] == SPLEEN, before[ks] == SPLEEN)
+
+    # Undo restores the labels before propagation; redo re-applies it.
+    widget.undo()
+    np.testing.assert_array_equal(labels.data, before)
+    widget.redo()
+    np.testing.assert_array_equal(labels.data, after)
+    undo_key = labels.keymap[coerce_keybinding("Control-Z")]
+    redo_key = labels.keymap[coerce_keybinding("Control-Shift-Z")]
+    undo_key(labels)
+    np.testing.assert_array_equal(labels.data, before)
+    redo_key(labels)
+    np.testing.assert_array_equal(labels.data, after)
+
+    # Correct the worst propagated slice with a box, propagate again: only the stretch it
+    # owns changes, the spleen and the slices around the first prompt are kept.
+    per_slice = {z: dice(after[z] == LIVER, ref[z] == LIVER) for z in range(ref.shape[0]) if (ref[z] == LIVER).any()}
+    kc = min((z for z in per_slice if abs(z - k) > 6), key=per_slice.get)
+    viewer.dims.set_point(0, image.data_to_world([kc, 0, 0])[0])
+    widget.shapes_layer.add_rectangles(box_rect(ref[kc] == LIVER, kc))
+    qtbot.waitUntil(lambda: kc in widget.session.objects[LIVER].prompts, timeout=TIMEOUT_MS)
+    widget.propagate()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    corrected = labels.data.copy()
+    np.testing.assert_array_equal(corrected == SPLEEN, after == SPLEEN)
+    np.testing.assert_array_equal(corrected[k], after[k])
+    assert dice(corrected[kc] == LIVER, ref[kc] == LIVER) >= per_slice[kc]
+    corrected_dice = dice(corrected == LIVER, ref == LIVER)
+    print(f"corrected slice {kc}: {per_slice[kc]:.3f} -> {dice(corrected[kc] == LIVER, ref[kc] == LIVER):.3f}; "
+          f"liver Dice {corrected_dice:.3f}")
+    assert corrected_dice > 0.8
+
+    # Propagate the spleen too: the liver is kept.
+    widget.select_object(SPLEEN)
+    assert len(widget.shapes_layer.data) == 1
+    widget.propagate()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    final = labels.data.copy()
+    spleen_dice = dice(final == SPLEEN, ref == SPLEEN)
+    print(f"spleen Dice after propagation: {spleen_dice:.3f}")
+    assert spleen_dice > 0.7
+    np.testing.assert_array_equal(final == LIVER, (corrected == LIVER) & (final != SPLEEN))
+    widget.select_object(LIVER)
+
+    # Screenshot of the whole window with the widget docked, for the README.
+    viewer.dims.set_point(0, image.data_to_world([k, 0, 0])[0])
+    _close_notifications(viewer)
+    qtbot.wait(200)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    artifacts = REPO / "tests" / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    from imageio.v3 import imwrite
+
+    imwrite(artifacts / "napari_widget.png", shot)  # docs/napari_widget.png is a copy of this
+    assert shot.shape[0] > 400 and shot.std() > 10
+
+    # Export through the save dialog (mocked) and the writer: the source affine is kept.
+    out = tmp_path / "segmentation.nii.gz"
+    monkeypatch.setattr(
+        "napari_plugin._widget.QFileDialog.getSaveFileName", lambda *a, **k: (str(out), "")
+    )
+    assert widget.export() == str(out)
+    np.testing.assert_allclose(nib.load(out).affine, nib.load(ct).affine, atol=1e-4)
+    np.testing.assert_array_equal(load_volume(out).array, final)
+
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+
+
+def test_objects_keep_their_prompts(make_napari_viewer, sample_data: Path) -> None:
+    """Switching objects swaps the prompt layers' contents, point types and colours intact
+    (no model needed: nothing is prepared, so nothing is segmented)."""
+    ct = sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    viewer = make_napari_viewer()
+    [(data, kwargs, _)] = get_reader(str(ct))(str(ct))
+    image = viewer.add_image(data, **kwargs)
+    widget = SamWidget(viewer, device="cpu")
+    widget._make_layers(image, kwargs["metadata"]["medsam_volume"])
+    first = widget.new_object("first", 3)
+    widget.points_layer.add([[4, 10, 20]])
+    widget.toggle_point_type()
+    widget.points_layer.add([[4, 30, 40]])
+    widget.shapes_layer.add_rectangles(np.array([[4, 5, 5], [4, 5, 50], [4, 60, 50], [4, 60, 5]], float))
+    second = widget.new_object("second", 7, "cyan")
+    assert len(widget.points_layer.data) == 0 and len(widget.shapes_layer.data) == 0
+    widget.points_layer.add([[9, 1, 2]])
+    widget.select_object(first)
+    assert widget.points_layer.data.tolist() == [[4, 10, 20], [4, 30, 40]]
+    assert list(widget.points_layer.features["prompt"]) == [POSITIVE, NEGATIVE]
+    face = widget.points_layer.face_color
+    assert face[0][1] > 0.9 > 0.1 > face[0][0] and face[1][0] > 0.9 > 0.1 > face[1][1]
+    assert len(widget.shapes_layer.data) == 1
+    widget.select_object(second)
+    assert widget.points_layer.data.tolist() == [[9, 1, 2]]
+    assert widget.labels_layer.selected_label == second
+    assert widget.labels_layer.colormap.map(np.array([second]))[0][2] == 1.0  # cyan
+    with pytest.raises(ValueError, match="already used"):
+        widget.new_object("again", 7)
