@@ -146,17 +146,8 @@ def _session_of(vp: VolumePredictor):
 
 def ensure_object(vp: VolumePredictor, label: int, name: str | None = None) -> ObjectState:
     """Return object ``label`` of the session, creating it (without prompts) if needed."""
-    s = _session_of(vp)
-    label = int(label)
-    if not 1 <= label <= 65535:
-        raise ValueError(f"object label must be in 1..65535, got {label}")
-    obj = s.objects.get(label)
-    if obj is None:
-        obj = ObjectState(label=label, name=name or f"object_{label}")
-        s.objects[label] = obj
-    elif name:
-        obj.name = name
-    return obj
+    _session_of(vp)
+    return vp.add_object(int(label), name)
 
 
 def _same_prompt(a: SlicePrompt | None, b: SlicePrompt | None) -> bool:
@@ -198,8 +189,7 @@ def sync_object_prompts(
             continue
         changed.append(k)
         if new is None:
-            obj.prompts.pop(k, None)
-            obj.results.pop(k, None)
+            vp.remove_prompt(k, obj.label)
             continue
         vp.add_prompt(
             k, obj.label,

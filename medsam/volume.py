@@ -235,6 +235,8 @@ class VolumePredictor:
         Optional on-disk embedding cache.
     config:
         Propagation settings.
+    adapter:
+        Optional fine-tuned adapter file (``medsam finetune``) loaded onto the model.
     """
 
     def __init__(
@@ -246,9 +248,14 @@ class VolumePredictor:
         batch_size: int = 4,
         cache_dir: str | Path | None = None,
         config: PropagationConfig | None = None,
+        adapter: str | Path | None = None,
     ) -> None:
         if isinstance(model, str):
-            model = load_model(model, checkpoint=checkpoint, device=device)
+            model = load_model(model, checkpoint=checkpoint, device=device, adapter=adapter)
+        elif adapter is not None:
+            from adapters.files import load_adapter
+
+            load_adapter(model, adapter)
         self.model = model
         self.predictor = SlicePredictor(model)
         self.batch_size = batch_size
@@ -275,7 +282,27 @@ class VolumePredictor:
         self._session().objects.clear()
 
     def remove_object(self, obj_id: int) -> None:
+        """Delete an object with all its prompts and masks."""
         self._session().objects.pop(int(obj_id), None)
+
+    def add_object(self, obj_id: int, name: str | None = None) -> ObjectState:
+        """Return object ``obj_id``, creating it without prompts if needed (renaming if ``name``)."""
+        s = self._session()
+        obj = s.objects.get(int(obj_id))
+        if obj is None:
+            label = ObjectPrompts(int(obj_id)).label  # validates 1..65535
+            obj = ObjectState(label=label, name=name or f"object_{label}")
+            s.objects[label] = obj
+        elif name:
+            obj.name = name
+        return obj
+
+    def remove_prompt(self, slice: int, obj_id: int) -> None:
+        """Drop object ``obj_id``'s prompt on ``slice`` and that slice's mask (others are kept)."""
+        obj = self._session().objects.get(int(obj_id))
+        if obj is not None:
+            obj.prompts.pop(int(slice), None)
+            obj.results.pop(int(slice), None)
 
     # ------------------------------------------------------------------ prompts
     def add_prompt(
@@ -305,14 +332,8 @@ class VolumePredictor:
             box=None if box is None else tuple(box),
             mask=mask,
         )
-        obj = s.objects.get(int(obj_id))
-        where = f"object {name or obj_id}"
-        validate_slice_prompt(prompt, s.grid_shape, where)
-        if obj is None:
-            obj = ObjectState(label=ObjectPrompts(int(obj_id)).label, name=name or f"object_{obj_id}")
-            s.objects[obj.label] = obj
-        elif name:
-            obj.name = name
+        validate_slice_prompt(prompt, s.grid_shape, f"object {name or obj_id}")
+        obj = self.add_object(obj_id, name)
         if not clear and slice in obj.prompts:
             prompt = merge_slice_prompts([obj.prompts[slice], prompt])[0]
         obj.prompts[prompt.slice] = prompt
@@ -528,21 +549,19 @@ class VolumePredictor:
         return self._session()
 
     # ------------------------------------------------------------------- output
-    def to_labels(self, dtype: Any = None) -> np.ndarray:
-        """``(Z, Y, X)`` label map; where objects overlap, the more confident one wins."""
+    def to_labels(self, dtype: Any = None, slices: Sequence[int] | None = None) -> np.ndarray:
+        """``(Z, Y, X)`` label map; where objects overlap, the more confident one wins.
+
+        With ``slices``, returns ``(len(slices), Y, X)`` for just those slices (cheap
+        re-rendering after an edit on a few slices).
+        """
         s = self._session()
         max_label = max((o.label for o in s.objects.values()), default=0)
         dtype = dtype or (np.uint8 if max_label <= 255 else np.uint16)
-        labels = np.zeros(s.grid_shape, dtype=dtype)
-        best = np.zeros(s.grid_shape[1:], dtype=np.float32)
-        by_slice: dict[int, list[tuple[float, int, SliceResult]]] = {}
-        for o in s.objects.values():
-            for k, r in o.results.items():
-                by_slice.setdefault(k, []).append((r.score, o.label, r))
-        for k, items in by_slice.items():
-            best[:] = -1.0
-            for score, label, r in sorted(items, key=lambda t: t[0]):
-                m = r.mask
-                labels[k][m] = label
-                best[m] = score
+        ks = list(range(s.grid_shape[0])) if slices is None else [int(k) for k in slices]
+        labels = np.zeros((len(ks), *s.grid_shape[1:]), dtype=dtype)
+        for row, k in enumerate(ks):
+            items = [(o.results[k].score, o.label) for o in s.objects.values() if k in o.results]
+            for _, label in sorted(items):  # ascending confidence: the most confident paints last
+                labels[row][s.objects[label].results[k].mask] = label
         return labels
