@@ -172,7 +172,11 @@ class SamWidget(PromptsMixin, QWidget):
         except ValueError as exc:
             show_error(str(exc))
             return
-        key = (self.ui.model_combo.currentText(), self.ui.checkpoint_edit.text().strip())
+        key = (
+            self.ui.model_combo.currentText(),
+            self.ui.checkpoint_edit.text().strip(),
+            self.ui.adapter_edit.text().strip(),
+        )
         if self.vp is not None and self._vp_key == key:
             self._start_session(layer, volume)
             return
@@ -182,7 +186,9 @@ class SamWidget(PromptsMixin, QWidget):
             self.vp, self._vp_key = vp, key
             self._start_session(layer, volume)
 
-        self._launch("load", wl.load_worker(key[0], key[1], self.device, self.cache_dir), returned=loaded)
+        self._launch(
+            "load", wl.load_worker(key[0], key[1], self.device, self.cache_dir, key[2]), returned=loaded
+        )
 
     def _start_session(self, layer: Image, volume) -> None:
         if "embed" in self._jobs:

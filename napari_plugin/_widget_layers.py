@@ -108,14 +108,18 @@ def default_color(label: int) -> str:
 
 
 # -------------------------------------------------------------------------------- workers
-def _load(model: str, checkpoint: str | None, device: Any, cache_dir: Any) -> VolumePredictor:
-    return VolumePredictor(model, checkpoint=checkpoint or None, device=device, cache_dir=cache_dir)
+def _load(
+    model: str, checkpoint: str | None, device: Any, cache_dir: Any, adapter: str | None = None
+) -> VolumePredictor:
+    return VolumePredictor(
+        model, checkpoint=checkpoint or None, device=device, cache_dir=cache_dir, adapter=adapter or None
+    )
 
 
-def load_worker(model: str, checkpoint: str | None, device: Any, cache_dir: Any):
-    """A function worker that builds a :class:`VolumePredictor` (loads the model)."""
+def load_worker(model: str, checkpoint: str | None, device: Any, cache_dir: Any, adapter: str | None = None):
+    """A function worker that builds a :class:`VolumePredictor` (loads the model and adapter)."""
     avoid_llvm_clash()
-    return create_worker(_load, model, checkpoint, device, cache_dir, _start_thread=False)
+    return create_worker(_load, model, checkpoint, device, cache_dir, adapter, _start_thread=False)
 
 
 def _embed(embedder, order: list[int]) -> Iterator[tuple[int, int]]:

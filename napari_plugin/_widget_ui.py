@@ -52,11 +52,20 @@ class SamWidgetUI:
         ckpt = QHBoxLayout()
         ckpt.addWidget(self.checkpoint_edit)
         ckpt.addWidget(browse)
+        self.adapter_edit = QLineEdit()
+        self.adapter_edit.setPlaceholderText("none (optional .safetensors from medsam finetune)")
+        browse_adapter = QPushButton("...")
+        browse_adapter.setFixedWidth(28)
+        browse_adapter.clicked.connect(self._browse_adapter)
+        adapter_row = QHBoxLayout()
+        adapter_row.addWidget(self.adapter_edit)
+        adapter_row.addWidget(browse_adapter)
         self.window_combo = QComboBox()
         self.window_combo.setToolTip("Intensity window the model sees (default from the header / modality)")
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_combo)
         form.addRow("Checkpoint", ckpt)
+        form.addRow("Adapter", adapter_row)
         form.addRow("Window", self.window_combo)
         self.prepare_btn = QPushButton("Prepare (embed slices)")
         form.addRow(self.prepare_btn)
@@ -171,6 +180,13 @@ class SamWidgetUI:
         if color.isValid():
             self.picked_color = color
             self.color_btn.setIcon(_swatch(color))
+
+    def _browse_adapter(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self.parent, "Fine-tuned adapter", "", "Adapters (*.safetensors);;All files (*)"
+        )
+        if path:
+            self.adapter_edit.setText(path)
 
     def _browse_checkpoint(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
