@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--no-propagate", action="store_true", help="segment only the prompted slices")
     seg.add_argument("--model", default="litemedsam", help="registry name (see `medsam models`)")
     seg.add_argument("--checkpoint", type=Path, help="weights file for SAM/MedSAM models")
+    seg.add_argument("--adapter", type=Path, help="fine-tuned adapter .safetensors (medsam finetune)")
     seg.add_argument("--window", default=None, help="preset name, 'L,W', 'header' or 'percentile'")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     seg.add_argument("--series-uid", default=None, help="pick one series from a DICOM folder")
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the models in the registry")
     models.set_defaults(func=cmd_models)
+
+    from adapters.cli import add_subcommands  # finetune, evaluate (standard library only)
+
+    add_subcommands(sub)
     return parser
 
 
@@ -123,14 +128,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
     prompts = _prompt_set(args, volume)
     from medsam.intensity import resolve_window
 
-    window = resolve_window(volume, args.window)
+    window_spec = args.window
+    if window_spec is None and args.adapter is not None:
+        from adapters.files import read_adapter_meta
+
+        window_spec = read_adapter_meta(args.adapter).get("window")  # the training window
+    window = resolve_window(volume, window_spec)
 
     from medsam.io import save_mask
     from medsam.pipeline import segment_volume, summarize
     from medsam.volume import VolumePredictor
 
     device = None if args.device == "auto" else args.device
-    vp = VolumePredictor(args.model, checkpoint=args.checkpoint, device=device, cache_dir=args.cache_dir)
+    vp = VolumePredictor(
+        args.model, checkpoint=args.checkpoint, device=device, cache_dir=args.cache_dir, adapter=args.adapter
+    )
     bar = None
     if not args.quiet:
         from tqdm import tqdm

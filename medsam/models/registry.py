@@ -213,6 +213,7 @@ def load_model(
     name: str = "litemedsam",
     checkpoint: str | Path | None = None,
     device: DeviceLike = None,
+    adapter: str | Path | None = None,
 ) -> PromptableSam:
     """Build a registry model with its weights, ready for inference (``eval()`` mode).
 
@@ -227,6 +228,10 @@ def load_model(
     device
         ``None``/``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"mps"``
         or a ``torch.device``.
+    adapter
+        Optional fine-tuned adapter (``.safetensors`` from ``medsam finetune``) loaded onto
+        the model with :func:`adapters.load_adapter`; it must have been trained on this
+        model and checkpoint. ``weights_id`` then names the adapter too.
 
     Returns
     -------
@@ -275,4 +280,8 @@ def load_model(
     )
     model = model.to(target).eval()
     logger.info("loaded %s from %s on %s", spec.name, path, target)
+    if adapter is not None:
+        from adapters.files import load_adapter  # needs the train extra (safetensors, peft)
+
+        load_adapter(model, adapter)
     return model
