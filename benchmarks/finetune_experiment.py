@@ -2,22 +2,32 @@
 
 Zero-shot versus fine-tuned Dice on held-out slices, for box, 1-point and 3-point prompts.
 
-Data and split (honest about its size): the repository holds one CT volume
-(``example_ct_sm``, 30 slices, 3 mm) and one MR volume (``example_mr_sm``, 20 slices, 3 mm)
-with TotalSegmentator reference labels. No whole volume can be held out, so each volume
-is cut along z into a training slab and a test slab with a 2-slice (6 mm) gap between them:
+Two splits (``--split``):
+
+``volumes`` (default): whole volumes are kept out of training. Training uses every slice
+of the CT volume ``example_ct_sm`` (30 slices, 3 mm) and the MR volume ``example_mr_sm``
+(20 slices, 3 mm); the test set is the independent CT DICOM series ``example_ct_dicom``
+(20 slices, 512 x 512, 0.98 x 0.98 x 2 mm) with its labels ``example_seg_dicom.nii.gz``
+brought onto the DICOM grid (exact: the grids differ by axis flips). Default organ group:
+liver + spleen, the abdominal organs present in all three (the kidneys are absent from
+the 20 DICOM slices). MR label names come from the ``total_mr`` table, so ``liver`` and
+``spleen`` map to the right ids in each volume.
+
+``slabs``: the older split; each of the CT and MR volumes is cut along z into a training
+slab and a test slab with a 2-slice (6 mm) gap between them:
 
 * CT: test slices 0-11, gap 12-13, training slices 14-29;
 * MR: training slices 0-8, gap 9-10, test slices 11-19.
 
-Neighbouring slabs of the same patient are far easier than a new patient, so the numbers
-show what fine-tuning changes (notably point prompts), not how it generalises across
-patients. Training uses no validation (the adapter after the last epoch is evaluated),
-so nothing is selected on the test slabs.
+Neighbouring slabs of the same patient are far easier than a new patient. Training uses
+no validation in either split (the adapter after the last epoch is evaluated), so nothing
+is selected on the test data. TotalSegmentator labels are model output, i.e. pseudo
+ground truth.
 
 Run::
 
-    python -m benchmarks.finetune_experiment            # defaults, CPU-friendly
+    python -m benchmarks.finetune_experiment            # whole-volume split, CPU-friendly
+    python -m benchmarks.finetune_experiment --split slabs
     python -m benchmarks.finetune_experiment --epochs 4 --device cuda --json out.json
 """
 
@@ -46,25 +56,57 @@ VOLUMES = {
     "ct": ("example_ct_sm.nii.gz", "example_seg.nii.gz", "total", (14, 30), (0, 12)),
     "mr": ("example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "total_mr", (0, 9), (11, 20)),
 }
+#: The held-out scan of the whole-volume split: (DICOM series folder, labels, label-name map).
+HELD_OUT = ("example_ct_dicom", "example_seg_dicom.nii.gz", "total")
+#: Default organ group per split.
+DEFAULT_LABELS = {"volumes": "liver,spleen", "slabs": "liver,spleen,kidney_left,kidney_right"}
 PROMPTS = (("box", 1), ("points", 1), ("points", 3))
 
 
+def _label_names(table: str) -> dict[int, str]:
+    names = json.loads((TS / "label_names_total_and_total_mr.json").read_text())
+    return {int(k): v for k, v in names[table].items()}
+
+
 def build_cases(out: Path) -> tuple[list[Case], list[Case]]:
-    """Write the training and test slabs as NIfTI crops (real geometry) and return the cases."""
+    """Slab split: write the training and test slabs as NIfTI crops (real geometry)."""
     import SimpleITK as sitk
 
-    names = json.loads((TS / "label_names_total_and_total_mr.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     train, test = [], []
     for key, (image, label, table, tr, te) in VOLUMES.items():
         img, seg = sitk.ReadImage(str(TS / image)), sitk.ReadImage(str(TS / label))
-        label_names = {int(k): v for k, v in names[table].items()}
+        label_names = _label_names(table)
         for split, (a, b), dest in (("train", tr, train), ("test", te, test)):
             cid = f"{key}_{split}"
             ip, lp = out / f"{cid}_image.nii.gz", out / f"{cid}_label.nii.gz"
             sitk.WriteImage(img[:, :, a:b], str(ip))
             sitk.WriteImage(seg[:, :, a:b], str(lp))
             dest.append(Case(cid, ip, lp, label_names, modality=key.upper()))
+    return train, test
+
+
+def build_volume_cases(out: Path) -> tuple[list[Case], list[Case]]:
+    """Whole-volume split: train on all of the CT and MR volumes, test on the DICOM CT.
+
+    The DICOM labels are stored on a flipped grid; they are resampled (nearest neighbour,
+    exact for flips) onto the DICOM series and written beside it, so the test case reads
+    the series itself and a label map of identical geometry.
+    """
+    from medsam.io import load_volume
+    from medsam.io.resample import resample_labels_to
+    from medsam.io.save import save_mask
+
+    out.mkdir(parents=True, exist_ok=True)
+    train = [
+        Case(f"{key}_all", TS / image, TS / label, _label_names(table), modality=key.upper())
+        for key, (image, label, table, _, _) in VOLUMES.items()
+    ]
+    series, label, table = HELD_OUT
+    ct = load_volume(TS / series)
+    lab = resample_labels_to(load_volume(TS / label), ct)
+    lp = save_mask(lab, ct, out / "ct_dicom_label.nii.gz", overwrite=True)
+    test = [Case("ct_dicom_test", TS / series, lp, _label_names(table), modality="CT")]
     return train, test
 
 
@@ -85,12 +127,15 @@ def _mean_dice(rows, case: str) -> float:
 
 
 def report(zero: dict, tuned: dict, speed: dict) -> str:
-    """Markdown tables: mean Dice over structures per modality, and per structure."""
-    lines = ["| test slab | prompt | zero-shot Dice | fine-tuned Dice |", "|---|---|---|---|"]
-    for case, label in (("ct_test", "CT"), ("mr_test", "MR"), ("ALL", "CT+MR")):
+    """Markdown tables: mean Dice over structures per test case, and per structure."""
+    lines = ["| test case | prompt | zero-shot Dice | fine-tuned Dice |", "|---|---|---|---|"]
+    cases = list(dict.fromkeys(r["case"] for r in zero["box"] if r["case"] != "ALL"))
+    if len(cases) > 1:
+        cases.append("ALL")
+    for case in cases:
         for key in zero:
-            lines.append(f"| {label} | {key} | {_mean_dice(zero[key], case):.3f} | {_mean_dice(tuned[key], case):.3f} |")
-    lines += ["", "| structure (CT+MR slices) | slices | " + " | ".join(f"{k} zero-shot / tuned" for k in zero) + " |",
+            lines.append(f"| {case} | {key} | {_mean_dice(zero[key], case):.3f} | {_mean_dice(tuned[key], case):.3f} |")
+    lines += ["", "| structure (all test slices) | slices | " + " | ".join(f"{k} zero-shot / tuned" for k in zero) + " |",
               "|---|---|" + "---|" * len(zero)]
     for r in [r for r in zero["box"] if r["case"] == "ALL"]:
         cells = []
@@ -106,7 +151,11 @@ def report(zero: dict, tuned: dict, speed: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--labels", default="liver,spleen,kidney_left,kidney_right", help="the organ group")
+    p.add_argument("--split", choices=("volumes", "slabs"), default="volumes",
+                   help="volumes: train on the CT and MR volumes, test on the DICOM CT (default); "
+                        "slabs: train/test slabs of the CT and MR volumes")
+    p.add_argument("--labels", default=None,
+                   help="the organ group (default: liver,spleen for volumes; liver,spleen,kidneys for slabs)")
     p.add_argument("--method", default="lora+decoder")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--samples-per-epoch", type=int, default=None, help="default: every foreground slice once")
@@ -126,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     from medsam.models import load_model
 
     device = None if args.device == "auto" else args.device
-    train, test = build_cases(args.out / "data")
-    labels = args.labels
+    data = args.out / "data"
+    train, test = build_volume_cases(data) if args.split == "volumes" else build_cases(data)
+    labels = args.labels or DEFAULT_LABELS[args.split]
     t0 = time.perf_counter()
     base = load_model("litemedsam", device=device)
     zero = run_eval(base, test, labels, args.max_test_slices)
