@@ -128,7 +128,7 @@ def bench_end_to_end(model, vol, ref, window_name: str, out_dir: Path) -> dict:
         m = ref == lab
         k = int(m.reshape(len(m), -1).sum(1).argmax())
         objs.append(ObjectPrompts(i, name, (SlicePrompt(k, box=box_from_mask(m[k])),)))
-    vp = VolumePredictor(model, batch_size=8)
+    vp = VolumePredictor(model)  # default batch size for the device
     t = time.perf_counter()
     v = load_volume(path)
     vp.init_volume(v, window_name)

@@ -79,7 +79,8 @@ class VolumePredictor:
     device:
         ``None`` picks cuda, then mps, then cpu.
     batch_size:
-        Slices per encoder call.
+        Slices per encoder call (default: 1 on CPU, 8 on GPU; see
+        :func:`medsam.embedding.default_batch_size`).
     cache_dir:
         Optional on-disk embedding cache.
     config:
@@ -94,7 +95,7 @@ class VolumePredictor:
         *,
         checkpoint: str | Path | None = None,
         device: Any = None,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         cache_dir: str | Path | None = None,
         config: PropagationConfig | None = None,
         adapter: str | Path | None = None,
