@@ -22,8 +22,6 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from torch import nn
 
 from adapters.config import AdapterConfig
 from adapters.methods import adapter_parameter_names, apply_adapter, lora_layers, merge_lora
+from medsam.atomic import atomic_write, atomic_write_text
 from medsam.errors import InputFileError, MedsamError, MissingInputError
 
 __all__ = [
@@ -65,18 +64,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _base_weights_id(model: nn.Module) -> str | None:
@@ -127,7 +114,7 @@ def save_adapter(
     tensors = {n: params[n].detach().to("cpu").contiguous() for n in adapter_parameter_names(model, config)}
     base_id = _base_weights_id(model)
     header = {"format": ADAPTER_FORMAT, "base_model": str(model.name), "base_weights_id": str(base_id)}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     if isinstance(labels, Mapping):
         label_list = [str(v) for _, v in sorted(labels.items())]
     else:
@@ -147,7 +134,7 @@ def save_adapter(
         "training": dict(training or {}),
     }
     side = sidecar_of(path)
-    _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    atomic_write_text(side, json.dumps(meta, indent=1))
     logger.info("saved adapter %s (%d tensors) and %s", path, len(tensors), side)
     return path
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,21 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsam.atomic import atomic_write
+
 __all__ = ["RunLogger", "load_rng", "load_state", "save_rng", "save_state"]
 
 logger = logging.getLogger(__name__)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_state(path: Path, *, weights: Mapping[str, torch.Tensor], optimizer, scheduler,
@@ -63,15 +55,17 @@ def save_state(path: Path, *, weights: Mapping[str, torch.Tensor], optimizer, sc
 
 
 def load_state(path: Path) -> dict:
-    """Read a state written by :func:`save_state` (trusted file of this run)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Read a state written by :func:`save_state` (tensors and plain values only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def save_rng(path: Path) -> None:
     """This process's Python, NumPy, torch (and CUDA) RNG states."""
-    state = {
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {  # plain values and tensors only, so it loads with weights_only=True
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -80,9 +74,10 @@ def save_rng(path: Path) -> None:
 
 def load_rng(path: Path) -> None:
     """Restore what :func:`save_rng` saved."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -102,18 +100,6 @@ def _prompt_set(args: argparse.Namespace, volume) -> Any:
     return PromptSet(tuple(objects))
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
     from medsam.io import load_volume
     from medsam.io.save import check_mask_path
@@ -174,7 +160,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         "confidence": result.confidence,
         "seconds": round(result.seconds, 3),
     }
-    _write_json_atomic(side, sidecar)
+    from medsam.atomic import atomic_write_text
+
+    atomic_write_text(side, json.dumps(sidecar, indent=1))
     total = time.perf_counter() - t0
     for r in rows:
         span = f"slices {r['slices'][0]}-{r['slices'][1]}" if r["slices"] else "no slices"

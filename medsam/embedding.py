@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medsam.atomic import atomic_write, atomic_write_text
 from medsam.intensity import Window, WindowSpec, apply_window, resolve_window
 from medsam.predictor import embed_images
 
@@ -156,7 +155,7 @@ class SliceEmbedder:
             if on_disk != sig:  # a hash collision on the folder name; never reuse it
                 raise RuntimeError(f"{path}: embedding cache signature mismatch; delete the folder")
             return
-        _atomic_write_bytes(path, json.dumps(sig, indent=1, sort_keys=True).encode())
+        atomic_write_text(path, json.dumps(sig, indent=1, sort_keys=True))
 
     # --------------------------------------------------------------- access
     @property
@@ -243,23 +242,5 @@ class SliceEmbedder:
     def _save_cached(self, k: int) -> None:
         if self._cache_path is None:
             return
-        f = self._slice_file(k)
-        fd, tmp = tempfile.mkstemp(dir=f.parent, prefix=f".{f.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(self._store[k].clone(), tmp)
-            os.replace(tmp, f)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        emb = self._store[k].clone()
+        atomic_write(self._slice_file(k), lambda tmp: torch.save(emb, tmp))

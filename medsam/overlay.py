@@ -6,13 +6,12 @@ to square millimetres using the in-plane spacing, so anatomy keeps its proportio
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from medsam.atomic import atomic_write
 from medsam.errors import OutputExistsError
 from medsam.intensity import Window, apply_window
 
@@ -112,13 +111,4 @@ def save_overlay_png(image: np.ndarray, path: str | Path, *, overwrite: bool = F
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from medsam.atomic import atomic_write
 from medsam.errors import InputFileError, OutputExistsError
 from medsam.io.formats import short_error
 from medsam.io.volume import Volume
@@ -64,18 +64,6 @@ def _as_labels(labels: object, grid_shape: tuple[int, int, int]) -> np.ndarray:
 def _write_image(image: sitk.Image, path: Path, compress: bool) -> None:
     """Write ``image`` to ``path`` (the writer is chosen by the file name ending)."""
     sitk.WriteImage(image, str(path), useCompression=compress)
-
-
-def _temp_path(path: Path) -> Path:
-    """A new empty file beside ``path`` whose name ends like ``path`` (``.tmp-XXXX-name.nii.gz``)."""
-    while True:
-        tmp = path.with_name(f".tmp-{secrets.token_hex(4)}-{path.name}")
-        try:
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return tmp
 
 
 def check_mask_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -148,16 +136,12 @@ def save_mask(
     image.SetOrigin(tuple(float(o) for o in like.origin))
     image.SetDirection(tuple(float(d) for d in np.asarray(like.direction).ravel()))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
+    def write(tmp: Path) -> None:
         try:
             _write_image(image, tmp, MASK_FORMATS[suffix])
         except RuntimeError as exc:
             raise OSError(f"{path}: could not write the mask ({short_error(exc)})") from None
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     logger.info("wrote %s labels %s to %s", arr.dtype, arr.shape, path)
     return path

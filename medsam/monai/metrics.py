@@ -16,7 +16,6 @@ import csv
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from monai.metrics import DiceMetric, SurfaceDiceMetric
 from monai.transforms import MapTransform, Transform
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
+from medsam.atomic import atomic_write
 from medsam.monai.geometry import affine_ras_of, spacing_of
 
 __all__ = ["LabelMetrics", "LabelMetricsd", "LabelMetricsD", "LabelMetricsDict", "write_metrics_csv", "CSV_FIELDS"]
@@ -173,19 +173,16 @@ def write_metrics_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, 
     Returns the path written. Extra keys in a row are ignored; NaN is written as ``nan``.
     """
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     rows = list(rows)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) and not math.isnan(v) else v) for k, v in row.items()})
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(out, write)
     by_label: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for row in rows:
         by_label.setdefault((row["label"], row["name"]), []).append((row["dice"], row["nsd"]))
