@@ -17,6 +17,7 @@ _LAZY = {
     "save_mask": "medsam.io",
     "apply_window": "medsam.intensity",
     "WINDOW_PRESETS": "medsam.intensity",
+    "InferenceConfig": "medsam.inference",
 }
 
 __all__ = ["__version__", *_LAZY]

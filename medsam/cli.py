@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medsam.errors import MedsamError, OutputExistsError, PromptError
+from medsam.inference import BACKENDS, InferenceConfig
 
 __all__ = ["main", "build_parser", "sidecar_path"]
 
@@ -62,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     seg.add_argument("--series-uid", default=None, help="pick one series from a DICOM folder")
     seg.add_argument("--cache-dir", type=Path, default=None, help="on-disk embedding cache folder")
+    seg.add_argument(
+        "--backend", default="auto", choices=BACKENDS,
+        help="encoder/decoder engine (default auto: onnxruntime on CPU, torch on GPU; "
+        "'compile' = torch.compile; 'reference' = the model's own fp32 path)",
+    )
+    seg.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16"),
+        help="bf16 is faster on CPUs/GPUs with native bf16 but approximate (torch backends only)",
+    )
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
@@ -106,6 +116,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     # Everything a user can get wrong is checked before the model is loaded.
+    inference = InferenceConfig(backend=args.backend, precision=args.precision)
     out = check_mask_path(args.output, overwrite=args.overwrite)
     side = sidecar_path(out)
     if side.exists() and not args.overwrite:
@@ -122,13 +133,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     window = resolve_window(volume, window_spec)
 
     from medsam.io import save_mask
+    from medsam.models.accel import prepare
     from medsam.pipeline import segment_volume, summarize
     from medsam.volume import VolumePredictor
 
     device = None if args.device == "auto" else args.device
     vp = VolumePredictor(
-        args.model, checkpoint=args.checkpoint, device=device, cache_dir=args.cache_dir, adapter=args.adapter
+        args.model, checkpoint=args.checkpoint, device=device, cache_dir=args.cache_dir, adapter=args.adapter,
+        inference=inference,
     )
+    engine = prepare(vp.model, inference)  # bf16 on a device without it fails here, before any work
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -155,6 +169,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         "output": str(out),
         "model": vp.model.name,
         "weights": vp.model.weights_id,
+        "inference": {"backend": engine.backend, "precision": args.precision, "device": str(vp.model.device)},
         "window": {"name": result.window.name, "low": result.window.low, "high": result.window.high},
         "objects": rows,
         "confidence": result.confidence,

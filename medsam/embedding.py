@@ -33,6 +33,7 @@ import torch
 
 from medsam.atomic import atomic_write, atomic_write_text
 from medsam.intensity import Window, WindowSpec, apply_window, resolve_window
+from medsam.models.accel import InferenceConfig, resolve_dtype
 from medsam.predictor import embed_images
 
 __all__ = ["SliceEmbedder", "EmbeddingInfo", "default_batch_size", "volume_content_hash"]
@@ -96,8 +97,16 @@ class SliceEmbedder:
     cache_dir:
         Optional folder for the on-disk cache.
     store_dtype:
-        dtype of the in-memory embeddings (``torch.float32`` keeps results identical to
-        an uncached run; ``torch.float16`` halves memory).
+        dtype of the in-memory embeddings. Default: the encoder's compute dtype (bfloat16
+        on the bf16 path, at no loss), float32 while all slices' embeddings fit in
+        ``store_budget_mb``, else float16 (half the memory; masks agree with float32
+        storage to Dice >= 0.995, tested).
+    store_budget_mb:
+        Memory for float32 embeddings of every slice above which the default storage
+        becomes float16 (2048 MB: about 500 slices of LiteMedSAM's 4 MB embeddings).
+    inference:
+        How the encoder runs (:class:`~medsam.models.accel.InferenceConfig`; default: the
+        fast path). It is part of the cache key.
     """
 
     def __init__(
@@ -108,7 +117,9 @@ class SliceEmbedder:
         *,
         batch_size: int | None = None,
         cache_dir: str | Path | None = None,
-        store_dtype: torch.dtype = torch.float32,
+        store_dtype: torch.dtype | None = None,
+        store_budget_mb: float = 2048.0,
+        inference: InferenceConfig | None = None,
     ) -> None:
         if batch_size is None:
             batch_size = default_batch_size(model.device)
@@ -118,7 +129,9 @@ class SliceEmbedder:
         self.volume = volume
         self.window = window if isinstance(window, Window) else resolve_window(volume, window)
         self.batch_size = int(batch_size)
-        self.store_dtype = store_dtype
+        self.inference = inference or InferenceConfig()
+        self.compute_dtype = resolve_dtype(self.inference.precision, model.device)
+        self.store_dtype = store_dtype or self._default_store_dtype(store_budget_mb)
         self._store: dict[int, torch.Tensor] = {}
         hw = tuple(int(s) for s in volume.grid_shape[1:3])
         self.info = EmbeddingInfo(original_hw=hw, input_hw=tuple(model.frame_transform(hw).input_hw))
@@ -128,6 +141,23 @@ class SliceEmbedder:
             self._cache_path = Path(cache_dir) / self.cache_key()
             self._cache_path.mkdir(parents=True, exist_ok=True)
             self._write_signature()
+
+    def _default_store_dtype(self, budget_mb: float) -> torch.dtype:
+        if self.compute_dtype != torch.float32:
+            return self.compute_dtype
+        per_slice = 4 * self.model.embed_dim * int(np.prod(self.model.embedding_hw))
+        if self.n_slices * per_slice <= budget_mb * 2**20:
+            return torch.float32
+        logger.info(
+            "%d slices of float32 embeddings need %.0f MB > %.0f MB; storing them as float16",
+            self.n_slices, self.n_slices * per_slice / 2**20, budget_mb,
+        )
+        return torch.float16
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the embeddings held in memory."""
+        return sum(t.numel() * t.element_size() for t in self._store.values())
 
     # ------------------------------------------------------------------ keys
     def signature(self) -> dict:
@@ -139,6 +169,8 @@ class SliceEmbedder:
             "weights": self.model.weights_id or "unknown",
             "window": self.window.key,
             "preprocessing": repr(self.model.preprocessing),
+            # fp32 backends agree to float rounding, so they share a cache; bf16 does not.
+            "encoder_dtype": str(self.compute_dtype).removeprefix("torch."),
         }
 
     def cache_key(self) -> str:
@@ -216,7 +248,7 @@ class SliceEmbedder:
     def _encode(self, ks: list[int]) -> torch.Tensor:
         x = torch.from_numpy(self.window_slices(ks))
         x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
-        emb = embed_images(self.model, x.to(self.model.device))
+        emb = embed_images(self.model, x.to(self.model.device), self.inference)
         self.n_encoded += len(ks)
         return emb
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from medsam.errors import PromptError
+from medsam.models.accel import Engine, InferenceConfig, prepare
 from medsam.models.base import PromptableSam
 from medsam.models.device import DeviceLike, select_device
 from medsam.models.frame import FrameTransform
@@ -68,10 +69,10 @@ class SlicePrediction:
             raise ValueError(f"low_res_logits must be (1, h, w), got {self.low_res_logits.shape}")
 
 
-def embed_images(model: PromptableSam, images: torch.Tensor) -> torch.Tensor:
+def embed_images(
+    model: PromptableSam, images: torch.Tensor, inference: InferenceConfig | None = None
+) -> torch.Tensor:
     """Image embeddings for inference: preprocess and encode without autograd.
-
-    On CUDA the encoder runs under bf16 autocast; the result is always float32.
 
     Parameters
     ----------
@@ -79,20 +80,20 @@ def embed_images(model: PromptableSam, images: torch.Tensor) -> torch.Tensor:
         Any registry model.
     images
         ``(B, C, H, W)`` float in [0, 1], C = 1 or 3, all slices of one size.
+    inference
+        How the encoder runs (:class:`~medsam.models.accel.InferenceConfig`; default: the
+        fast path, bf16 where native). :data:`~medsam.models.accel.REFERENCE` is the
+        model's own fp32 ``encode``.
 
     Returns
     -------
     torch.Tensor
-        ``(B, 256, 64, 64)`` float32 on the model's device.
+        ``(B, 256, 64, 64)`` on the model's device, in the compute dtype (float32, or
+        bfloat16 on the bf16 path).
     """
     with torch.inference_mode():
         x = model.preprocess(images)
-        if x.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                embeddings = model.encode(x)
-        else:
-            embeddings = model.encode(x)
-        return embeddings.float()
+        return prepare(model, inference, x.device).encode(x)
 
 
 def _image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -183,6 +184,9 @@ class SlicePredictor:
     device
         ``None`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"mps"``; with a
         model instance, it is moved there.
+    inference
+        How ``set_image`` runs the encoder (:class:`~medsam.models.accel.InferenceConfig`);
+        the default is the fast path.
 
     Examples
     --------
@@ -200,6 +204,7 @@ class SlicePredictor:
         *,
         checkpoint: str | Path | None = None,
         device: DeviceLike = None,
+        inference: InferenceConfig | None = None,
     ) -> None:
         if isinstance(model, str):
             model = load_model(model, checkpoint=checkpoint, device=device)
@@ -215,6 +220,7 @@ class SlicePredictor:
                 f"model must be a PromptableSam or a registry name, not {type(model).__name__}"
             )
         self.model = model
+        self.inference = inference or InferenceConfig()
         self.reset_image()
 
     # ------------------------------------------------------------------ image state
@@ -232,6 +238,7 @@ class SlicePredictor:
         """Forget the current image and its embedding."""
         self._embedding: torch.Tensor | None = None
         self._frame: FrameTransform | None = None
+        self._engine: Engine | None = None
 
     def set_image(self, image: np.ndarray) -> None:
         """Compute and keep the embedding of one slice.
@@ -247,7 +254,7 @@ class SlicePredictor:
             logger.warning(
                 "%s is in training mode; call model.eval() for inference", self.model.name
             )
-        embedding = embed_images(self.model, tensor)
+        embedding = embed_images(self.model, tensor, self.inference)
         self._set(embedding, self.model.frame_transform(tensor.shape[-2:]))
 
     def set_embedding(
@@ -284,6 +291,8 @@ class SlicePredictor:
     def _set(self, embedding: torch.Tensor, frame: FrameTransform) -> None:
         self._embedding = embedding
         self._frame = frame
+        # Bound per image: the model's weights are checked here, not on every click.
+        self._engine: Engine | None = prepare(self.model, self.inference)
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current ``(1, 256, 64, 64)`` embedding."""
@@ -322,7 +331,7 @@ class SlicePredictor:
         PromptError
             An empty, malformed or out-of-image prompt.
         """
-        if self._embedding is None or self._frame is None:
+        if self._embedding is None or self._frame is None or self._engine is None:
             raise RuntimeError(
                 "no image is set; call set_image() or set_embedding() before predict()"
             )
@@ -334,7 +343,7 @@ class SlicePredictor:
         device = self.model.device
         as_batch = functools.partial(_batch_of_one, device=device)
         with torch.inference_mode():
-            low_res, iou = self.model.decode(
+            low_res, iou = self._engine.decode(
                 self._embedding,
                 points=None if pts is None else as_batch(frame.points_to_model(pts)),
                 point_labels=None if labels is None else as_batch(labels),

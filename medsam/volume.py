@@ -35,6 +35,7 @@ from medsam.embedding import SliceEmbedder
 from medsam.errors import PromptError
 from medsam.intensity import Window, WindowSpec
 from medsam.models import PromptableSam, load_model
+from medsam.models.accel import InferenceConfig
 from medsam.predictor import SlicePrediction, SlicePredictor
 from medsam.prompts import (
     ObjectPrompts,
@@ -87,6 +88,10 @@ class VolumePredictor:
         Propagation settings.
     adapter:
         Optional fine-tuned adapter file (``medsam finetune``) loaded onto the model.
+    inference:
+        How the encoder runs (:class:`~medsam.models.accel.InferenceConfig`): the default
+        fast path (bf16 where native, folded BatchNorm, channels_last), ``compile=True``,
+        or :data:`~medsam.models.accel.REFERENCE`.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class VolumePredictor:
         cache_dir: str | Path | None = None,
         config: PropagationConfig | None = None,
         adapter: str | Path | None = None,
+        inference: InferenceConfig | None = None,
     ) -> None:
         if isinstance(model, str):
             model = load_model(model, checkpoint=checkpoint, device=device, adapter=adapter)
@@ -107,7 +113,8 @@ class VolumePredictor:
 
             load_adapter(model, adapter)
         self.model = model
-        self.predictor = SlicePredictor(model)
+        self.inference = inference or InferenceConfig()
+        self.predictor = SlicePredictor(model, inference=self.inference)
         self.batch_size = batch_size
         self.cache_dir = cache_dir
         self.config = config or PropagationConfig()
@@ -117,7 +124,8 @@ class VolumePredictor:
     def init_volume(self, volume, window: WindowSpec | Window = None) -> VolumeSession:
         """Start a session on ``volume`` (any :class:`medsam.io.Volume`); nothing is embedded yet."""
         embedder = SliceEmbedder(
-            self.model, volume, window, batch_size=self.batch_size, cache_dir=self.cache_dir
+            self.model, volume, window, batch_size=self.batch_size, cache_dir=self.cache_dir,
+            inference=self.inference,
         )
         self.session = VolumeSession(volume=volume, window=embedder.window, embedder=embedder)
         return self.session

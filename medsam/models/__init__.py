@@ -10,6 +10,7 @@ Examples
 
 from __future__ import annotations
 
+from medsam.models.accel import REFERENCE, InferenceConfig
 from medsam.models.base import Preprocessing, PromptableSam, SamOutput
 from medsam.models.device import select_device
 from medsam.models.frame import FrameTransform
@@ -25,9 +26,11 @@ from medsam.models.registry import (
 __all__ = [
     "MODEL_REGISTRY",
     "FrameTransform",
+    "InferenceConfig",
     "ModelSpec",
     "Preprocessing",
     "PromptableSam",
+    "REFERENCE",
     "SamOutput",
     "get_model_spec",
     "list_models",

@@ -220,6 +220,29 @@ class PromptableSam(nn.Module):
         """``(B, 3, S, S)`` preprocessed images to ``(B, 256, 64, 64)`` image embeddings."""
         return self.image_encoder(x)
 
+    def encode_prompts(
+        self,
+        points: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model-frame prompts to SAM's sparse ``(P, N, 256)`` and dense ``(P, 256, 64, 64)`` embeddings.
+
+        Arguments are as in :meth:`decode`; ``P`` is the number of prompt sets.
+        """
+        if (points is None) != (point_labels is None):
+            raise ValueError("points and point_labels must be given together")
+        sparse_points = None
+        if points is not None and point_labels is not None:
+            sparse_points = (points.to(device, torch.float32), point_labels.to(device, torch.int))
+        return self.prompt_encoder(
+            points=sparse_points,
+            boxes=None if boxes is None else boxes.to(device, torch.float32).reshape(-1, 4),
+            masks=None if mask_input is None else mask_input.to(device, torch.float32),
+        )
+
     def decode(
         self,
         embeddings: torch.Tensor,
@@ -250,17 +273,7 @@ class PromptableSam(nn.Module):
         low_res_logits, iou_scores
             ``(B, M, 256, 256)`` logits and ``(B, M)`` predicted IoU, M = 3 or 1.
         """
-        if (points is None) != (point_labels is None):
-            raise ValueError("points and point_labels must be given together")
-        device = embeddings.device
-        sparse_points = None
-        if points is not None and point_labels is not None:
-            sparse_points = (points.to(device, torch.float32), point_labels.to(device, torch.int))
-        sparse, dense = self.prompt_encoder(
-            points=sparse_points,
-            boxes=None if boxes is None else boxes.to(device, torch.float32).reshape(-1, 4),
-            masks=None if mask_input is None else mask_input.to(device, torch.float32),
-        )
+        sparse, dense = self.encode_prompts(points, point_labels, boxes, mask_input, embeddings.device)
         image_pe = self.prompt_encoder.get_dense_pe()
         n_prompts, n_images = sparse.shape[0], embeddings.shape[0]
         if n_images == 1:
