@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from medsam.atomic import atomic_write, atomic_write_text
-from medsam.intensity import Window, WindowSpec, apply_window, resolve_window
+from medsam.intensity import Window, WindowSpec, apply_window, apply_window_tensor, resolve_window
 from medsam.models.accel import InferenceConfig, resolve_dtype
 from medsam.predictor import embed_images
 
@@ -41,6 +41,9 @@ __all__ = ["SliceEmbedder", "EmbeddingInfo", "default_batch_size", "volume_conte
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+
+#: Volume dtypes windowed on the device (as torch can hold them; others are windowed on the CPU).
+_TORCH_WINDOW_DTYPES = (np.dtype(np.int16), np.dtype(np.uint8), np.dtype(np.int32), np.dtype(np.float32))
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -245,10 +248,29 @@ class SliceEmbedder:
         """Windowed slices ``(B, Y, X)`` (or ``(B, Y, X, 3)``) as float32 in [0, 1]."""
         return apply_window(self.volume.array[ks], self.window)
 
-    def _encode(self, ks: list[int]) -> torch.Tensor:
-        x = torch.from_numpy(self.window_slices(ks))
+    def batch_tensor(self, ks: list[int], on_device: bool | None = None) -> torch.Tensor:
+        """Windowed slices ``ks`` as ``(B, C, Y, X)`` float32 in [0, 1] on the model's device.
+
+        With ``on_device`` (default: on CUDA, for grey int/float32 volumes) the raw slices
+        travel as they are stored (int16 for CT: half the bytes of float32), through
+        pinned memory, and are windowed on the device by :func:`~medsam.intensity.apply_window_tensor`; otherwise they are
+        windowed on the CPU by :func:`~medsam.intensity.apply_window`. Both give equal values.
+        """
+        device = self.model.device
+        raw = self.volume.array[ks]
+        if on_device is None:
+            on_device = device.type == "cuda"
+        if on_device and raw.ndim == 3 and raw.dtype in _TORCH_WINDOW_DTYPES:
+            host = torch.from_numpy(np.ascontiguousarray(raw))
+            if device.type == "cuda":
+                host = host.pin_memory()
+            return apply_window_tensor(host.to(device, non_blocking=True), self.window)[:, None]
+        x = torch.from_numpy(apply_window(raw, self.window))
         x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
-        emb = embed_images(self.model, x.to(self.model.device), self.inference)
+        return x.to(device)
+
+    def _encode(self, ks: list[int]) -> torch.Tensor:
+        emb = embed_images(self.model, self.batch_tensor(ks), self.inference)
         self.n_encoded += len(ks)
         return emb
 

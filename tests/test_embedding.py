@@ -64,3 +64,17 @@ def test_content_hash_sees_every_byte():
     b[2, 3, 4] = 1
     assert volume_content_hash(a) != volume_content_hash(b)
     assert volume_content_hash(a) != volume_content_hash(a.astype(np.int32))
+
+
+def test_device_windowing_of_raw_int16_equals_cpu_windowing(litemedsam, small):
+    """The GPU path ships raw int16 slices and windows them with torch; the values are equal."""
+    from medsam.intensity import apply_window
+
+    assert small.array.dtype == np.int16
+    emb = SliceEmbedder(litemedsam, small, "soft_tissue")
+    cpu = emb.batch_tensor([0, 2, 3], on_device=False)
+    dev = emb.batch_tensor([0, 2, 3], on_device=True)
+    assert cpu.shape == dev.shape == (3, 1, *small.grid_shape[1:]) and dev.dtype == torch.float32
+    assert torch.equal(cpu, dev)
+    np.testing.assert_array_equal(dev[1, 0].numpy(), apply_window(small.array[2], emb.window))
+    assert 0.0 <= float(dev.min()) and float(dev.max()) <= 1.0 and 0 < float(dev.mean()) < 1
