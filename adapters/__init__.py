@@ -33,7 +33,7 @@ _LAZY = {
     "AdapterMismatchError": "adapters.files",
     "find_cases": "adapters.datasets",
     "Case": "adapters.datasets",
-    "PromptSimConfig": "adapters.prompt_sim",
+    "PromptSimConfig": "medsam.prompt_sim",
     "TrainConfig": "adapters.train",
     "finetune": "adapters.train",
     "EvalConfig": "adapters.evaluate",

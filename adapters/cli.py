@@ -94,8 +94,8 @@ def _cases(args: argparse.Namespace, root: Path):
 def cmd_finetune(args: argparse.Namespace) -> int:
     from adapters.config import AdapterConfig, LoraSettings
     from adapters.datasets import check_label_spec, parse_label_spec, split_cases
-    from adapters.prompt_sim import PromptSimConfig
     from adapters.train import RunExistsError, TrainConfig, finetune
+    from medsam.prompt_sim import PromptSimConfig
 
     if (args.out / "state" / "last.pt").exists() and not args.resume:
         raise RunExistsError(args.out)

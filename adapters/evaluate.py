@@ -1,7 +1,7 @@
 """Prompted slice-wise evaluation: Dice and NSD per structure, base model or adapter.
 
 Every slice where a structure covers at least ``min_area`` pixels is segmented from a
-deterministic prompt (:func:`~adapters.prompt_sim.fixed_prompt`) through the inference path
+deterministic prompt (:func:`~medsam.prompt_sim.fixed_prompt`) through the inference path
 (:func:`~medsam.predictor.embed_images` and :class:`~medsam.predictor.SlicePredictor`),
 then compared with the reference using MONAI's ``DiceMetric`` and ``SurfaceDiceMetric``
 (NSD, in-plane spacing in mm). One row per case and structure, and an ``ALL`` row per
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from adapters.datasets import Case, case_targets, load_case
-from adapters.prompt_sim import PROMPT_KINDS, fixed_prompt
 from medsam.intensity import apply_window, resolve_window
+from medsam.prompt_sim import PROMPT_KINDS, fixed_prompt
 
 __all__ = ["EvalConfig", "evaluate", "summarize_rows", "write_metrics_csv"]
 

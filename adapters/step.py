@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapters.prompt_sim import Prompt, PromptSimConfig, correction_click
+from medsam.prompt_sim import Prompt, PromptSimConfig, correction_click
 
 __all__ = ["PromptedSegLoss", "TrainSample"]
 

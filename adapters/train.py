@@ -2,7 +2,7 @@
 
 :func:`finetune` adapts the model (:func:`~adapters.methods.apply_adapter`), samples
 slices (:class:`~adapters.slices.SliceIndex`), simulates prompts
-(:mod:`adapters.prompt_sim`), minimises MONAI's ``DiceCELoss`` (+ IoU-head MSE) with AdamW
+(:mod:`medsam.prompt_sim`), minimises MONAI's ``DiceCELoss`` (+ IoU-head MSE) with AdamW
 and a warmup + cosine schedule, accumulates gradients, validates each epoch (MONAI Dice
 and NSD per structure), keeps ``best`` and ``last`` adapters, and resumes exactly from
 ``state/`` (weights, optimizer, scheduler, RNG, epoch). Launched by ``torchrun`` it trains
@@ -40,11 +40,11 @@ from adapters.distributed import all_reduce_mean, barrier, cleanup_distributed, 
 from adapters.evaluate import EvalConfig, evaluate, summarize_rows
 from adapters.files import save_adapter
 from adapters.methods import apply_adapter, set_train_mode
-from adapters.prompt_sim import PromptSimConfig, simulate_prompt
 from adapters.run_io import RunLogger, load_rng, load_state, save_rng, save_state
 from adapters.slices import CaseStore, SliceIndex
 from adapters.step import PromptedSegLoss, TrainSample
 from medsam.errors import MedsamError
+from medsam.prompt_sim import PromptSimConfig, simulate_prompt
 
 __all__ = ["FinetuneResult", "RunExistsError", "TrainConfig", "finetune"]
 

@@ -45,8 +45,8 @@ import numpy as np
 from adapters.config import AdapterConfig, LoraSettings
 from adapters.datasets import Case
 from adapters.evaluate import EvalConfig, evaluate
-from adapters.prompt_sim import PromptSimConfig
 from adapters.train import TrainConfig, finetune
+from medsam.prompt_sim import PromptSimConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TS = ROOT / "sample_data" / "totalsegmentator"

@@ -162,13 +162,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     )
     if bar is not None:
         bar.close()
+    model_name, weights_id = vp.model.name, vp.model.weights_id
+    vp.close()  # the embeddings (2 GB for 1000 slices) are not needed to write the result
     save_mask(result.labels, volume, out, overwrite=args.overwrite)
     rows = summarize(result, volume)
     sidecar = {
         "input": str(args.input),
         "output": str(out),
-        "model": vp.model.name,
-        "weights": vp.model.weights_id,
+        "model": model_name,
+        "weights": weights_id,
         "inference": {"backend": engine.backend, "precision": args.precision, "device": str(vp.model.device)},
         "window": {"name": result.window.name, "low": result.window.low, "high": result.window.high},
         "objects": rows,

@@ -49,8 +49,9 @@ _TORCH_WINDOW_DTYPES = (np.dtype(np.int16), np.dtype(np.uint8), np.dtype(np.int3
 def default_batch_size(device: torch.device) -> int:
     """Slices per encoder call: 1 on CPU, 8 on accelerators.
 
-    Measured with ``benchmarks/speed.py`` on 2 CPU cores: LiteMedSAM encodes 1.00 slice/s
-    at batch 1, 0.98 at 2 and 0.70 at 4 and 8, so batching only pays off on a GPU.
+    Measured with ``benchmarks/speed.py`` on 2 CPU cores: batching never helps there
+    (torch backend: 1.51 slices/s at batch 1, 1.21 at 2, 0.96 at 8; the ONNX Runtime
+    graph runs one slice at a time anyway), so it only pays off on a GPU.
     """
     return 1 if torch.device(device).type == "cpu" else 8
 
@@ -135,6 +136,11 @@ class SliceEmbedder:
         self.inference = inference or InferenceConfig()
         self.compute_dtype = resolve_dtype(self.inference.precision, model.device)
         self.store_dtype = store_dtype or self._default_store_dtype(store_budget_mb)
+        # One buffer for every slice's embedding, allocated once and untouched until a slice
+        # is written: the OS commits its pages only then, so memory grows with the slices
+        # embedded, never fragments, and a long volume costs nothing until propagation
+        # reaches it. ``_store`` maps embedded slices to their rows.
+        self._buffer: torch.Tensor | None = None
         self._store: dict[int, torch.Tensor] = {}
         hw = tuple(int(s) for s in volume.grid_shape[1:3])
         self.info = EmbeddingInfo(original_hw=hw, input_hw=tuple(model.frame_transform(hw).input_hw))
@@ -161,6 +167,15 @@ class SliceEmbedder:
     def nbytes(self) -> int:
         """Bytes of the embeddings held in memory."""
         return sum(t.numel() * t.element_size() for t in self._store.values())
+
+    def _keep(self, k: int, embedding: torch.Tensor) -> None:
+        """Copy one ``(256, 64, 64)`` embedding into its row of the buffer."""
+        if self._buffer is None:
+            shape = (self.n_slices, self.model.embed_dim, *self.model.embedding_hw)
+            self._buffer = torch.empty(shape, dtype=self.store_dtype)
+        row = self._buffer[k]
+        row.copy_(embedding)
+        self._store[k] = row
 
     # ------------------------------------------------------------------ keys
     def signature(self) -> dict:
@@ -239,7 +254,7 @@ class SliceEmbedder:
             batch = todo[start : start + self.batch_size]
             emb = self._encode(batch)
             for k, e in zip(batch, emb, strict=True):
-                self._store[k] = e.to("cpu", self.store_dtype)
+                self._keep(k, e)
                 self._save_cached(k)
             if progress is not None:
                 progress(min(start + len(batch), total), total)
@@ -286,11 +301,10 @@ class SliceEmbedder:
         if not f.exists():
             return False
         try:
-            t = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a broken cache entry is recomputed, never trusted
+            self._keep(k, torch.load(f, map_location="cpu", weights_only=True))
+        except Exception as exc:  # a broken or foreign cache entry is recomputed, never trusted
             logger.warning("%s: unreadable cache entry (%s); recomputing", f, exc)
             return False
-        self._store[k] = t.to(self.store_dtype)
         return True
 
     def _save_cached(self, k: int) -> None:

@@ -139,6 +139,10 @@ class VolumePredictor:
         """Drop all objects, prompts and results; keep the volume and its embeddings."""
         self._session().objects.clear()
 
+    def close(self) -> None:
+        """End the session: drop the volume, its embeddings and all results (frees their memory)."""
+        self.session = None
+
     def remove_object(self, obj_id: int) -> None:
         """Delete an object with all its prompts and masks."""
         self._session().objects.pop(int(obj_id), None)

@@ -22,9 +22,9 @@ from adapters.datasets import (
     parse_label_spec,
     split_cases,
 )
-from adapters.prompt_sim import PromptSimConfig, correction_click, fixed_prompt, simulate_prompt
 from adapters.slices import CaseStore, SliceIndex
 from medsam.errors import InputFileError
+from medsam.prompt_sim import PromptSimConfig, correction_click, fixed_prompt, simulate_prompt
 
 TS = "totalsegmentator"
 CROPS = {"ct_a": (8, 12), "ct_b": (18, 21)}
@@ -154,6 +154,29 @@ def test_simulated_prompts_are_valid(ct_sm):
     assert kinds == {(True, False), (False, True), (True, True)}
     empty = simulate_prompt(np.zeros_like(mask), np.random.default_rng(0), cfg, ref_mask=mask)
     assert empty.box is not None and len(empty.points) == 0
+
+
+def test_box_jitter_distributions_share_one_primitive(ct_sm):
+    """Training (normal) and MONAI (uniform, RandomState) jitter both come from jitter_box."""
+    from medsam.prompt_sim import jitter_box, negative_region, sample_pixels
+    from medsam.prompts import box_from_mask
+
+    mask = ct_sm[1][15] == 5
+    h, w = mask.shape
+    tight = box_from_mask(mask)
+    bw, bh = tight[2] - tight[0] + 1, tight[3] - tight[1] + 1
+    for seed in range(20):
+        b = jitter_box(tight, (h, w), np.random.RandomState(seed), 0.1, distribution="uniform")
+        assert abs(b[0] - tight[0]) <= 0.1 * bw + 0.5 and abs(b[3] - tight[3]) <= 0.1 * bh + 0.5
+        assert 0 <= b[0] <= b[2] <= w - 1 and 0 <= b[1] <= b[3] <= h - 1
+    assert np.array_equal(jitter_box(tight, (h, w), np.random.default_rng(0), 0.0), np.asarray(tight, np.float32))
+    with pytest.raises(ValueError, match="distribution must be"):
+        jitter_box(tight, (h, w), np.random.default_rng(0), 0.1, distribution="cauchy")
+    near = negative_region(mask)
+    assert near.any() and not (near & mask).any()
+    pts = sample_pixels(near, 5, np.random.RandomState(3))
+    assert pts.shape == (5, 2) and all(near[int(y), int(x)] for x, y in pts)
+    assert len({tuple(p) for p in pts.tolist()}) == 5  # distinct pixels
 
 
 def test_correction_clicks_land_in_error_regions(ct_sm):

@@ -29,8 +29,8 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     from adapters.config import AdapterConfig
     from adapters.datasets import find_cases
     from adapters.methods import adapter_parameter_names
-    from adapters.prompt_sim import PromptSimConfig
     from adapters.train import TrainConfig, finetune
+    from medsam.prompt_sim import PromptSimConfig
 
     cfg = TrainConfig(
         labels=("liver", "spleen"), adapter=AdapterConfig("decoder"), epochs=1, batch_size=1,

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from adapters.config import AdapterConfig
 from adapters.datasets import find_cases
-from adapters.prompt_sim import PromptSimConfig
 from adapters.train import RunExistsError, TrainConfig, finetune
 from medsam.cli import main
+from medsam.prompt_sim import PromptSimConfig
 
 TS = "totalsegmentator"
 CROPS = {"train_ct": (14, 16), "val_ct": (24, 25)}

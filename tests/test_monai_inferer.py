@@ -200,6 +200,26 @@ def test_sam_network_trainable_and_matches_predictor(ct_case, litemedsam):
     assert dice(expected, ref == CT_SPLEEN) > 0.9
 
 
+def test_sam_network_without_gradients_runs_the_fast_engine(litemedsam, ct_case):
+    """Under no_grad (as MONAI inferers run) the default backend matches the reference path."""
+    image, label = ct_case
+    vol = load_volume(image)
+    ref = load_volume(label).array[1]
+    from medsam.intensity import apply_window, resolve_window
+
+    slice_img = torch.from_numpy(apply_window(vol.array[1], resolve_window(vol, "soft_tissue")))[None, None]
+    boxes = torch.tensor([[box_from_mask(ref == CT_LIVER), box_from_mask(ref == CT_SPLEEN)]])
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SamNetwork(litemedsam, backend="tensorrt")
+    with torch.no_grad():
+        fast = SamNetwork(litemedsam)(slice_img, boxes=boxes)
+        slow = SamNetwork(litemedsam, backend="reference")(slice_img, boxes=boxes)
+    assert not fast.requires_grad and fast.shape == slow.shape == (1, 2, *slice_img.shape[-2:])
+    assert float((fast - slow).abs().max()) < 0.05
+    for n in range(2):
+        assert dice((fast[0, n] > 0).numpy(), (slow[0, n] > 0).numpy()) >= 0.995
+
+
 def test_sam_network_adapter(litemedsam, tmp_path):
     """With the adapters package, ``adapter=`` goes to ``adapters.load_adapter``; without it, a clear error."""
     from medsam.monai.network import adapters_available

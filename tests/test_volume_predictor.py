@@ -125,3 +125,15 @@ def test_bad_prompts_fail_before_model_work(vp, upper):
     assert vp.session.embedder.n_encoded == n
     with pytest.raises(ValueError, match="score_threshold"):
         PropagationConfig(score_threshold=2.0)
+
+
+def test_close_drops_the_volume_and_its_embeddings(litemedsam, upper):
+    vol, seg = upper
+    vp = VolumePredictor(litemedsam)
+    vp.init_volume(vol, "soft_tissue")
+    vp.add_prompt(4, 1, box=_box(seg == LIVER, 4))
+    assert vp.session.embedder.nbytes > 0
+    vp.close()
+    assert vp.session is None
+    with pytest.raises(RuntimeError, match="no volume"):
+        vp.add_prompt(4, 1, box=_box(seg == LIVER, 4))

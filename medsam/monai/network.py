@@ -11,7 +11,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from medsam.inference import InferenceConfig
 from medsam.models import PromptableSam, load_model
+from medsam.models.accel import prepare
 
 __all__ = ["SamNetwork", "SamNetworkOutput", "adapters_available"]
 
@@ -66,6 +68,10 @@ class SamNetwork(nn.Module):
     adapter:
         Path of fine-tuned adapter weights, applied with ``adapters.load_adapter(model, path)``
         when the ``adapters`` package provides it; ``NotImplementedError`` otherwise.
+    backend, precision:
+        The :class:`~medsam.inference.InferenceConfig` used when no gradient is recorded
+        (``torch.no_grad``/``inference_mode``, as MONAI inferers run); with gradients the
+        model's own differentiable path runs.
 
     Examples
     --------
@@ -83,8 +89,11 @@ class SamNetwork(nn.Module):
         checkpoint: str | Path | None = None,
         device: str | torch.device | None = None,
         adapter: str | Path | None = None,
+        backend: str = "auto",
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
+        self.inference = InferenceConfig(backend=backend, precision=precision)
         self.model_name = model if isinstance(model, str) else model.name
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.adapter = None if adapter is None else str(adapter)
@@ -147,11 +156,12 @@ class SamNetwork(nn.Module):
                 image.new_zeros((n, 0, *self.model.mask_input_hw)),
             )
         frame = self.model.frame_transform(tuple(image.shape[-2:]))
-        embeddings = self.model.encode(self.model.preprocess(image))
+        engine = self.model if torch.is_grad_enabled() else prepare(self.model, self.inference)
+        embeddings = engine.encode(self.model.preprocess(image)).float()
         device = embeddings.device
         logits, ious, lows = [], [], []
         for b in range(n):
-            low, iou = self.model.decode(
+            low, iou = engine.decode(
                 embeddings[b : b + 1],
                 points=None if points is None else frame.points_to_model(points[b].to(device, torch.float32)),
                 point_labels=None if point_labels is None else point_labels[b].to(device),

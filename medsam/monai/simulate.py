@@ -1,7 +1,8 @@
 """Prompt simulation from reference labels (boxes, points, key slices), for evaluation and training.
 
 Works on a ``(Z, Y, X)`` label array (the project's layout) and returns prompts in the
-project JSON format, voxel space: a box ``(x0, y0, x1, y1)`` inclusive and points ``(x, y)``
+project JSON format, drawn with the primitives of :mod:`medsam.prompt_sim` (the 2D
+simulator that training uses), voxel space: a box ``(x0, y0, x1, y1)`` inclusive and points ``(x, y)``
 on slice ``k``. The MONAI transform :class:`~medsam.monai.PromptsFromLabel` wraps it.
 
 Examples
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from medsam.prompt_sim import jitter_box, negative_region, sample_pixels
 from medsam.prompts import box_from_mask
 
 __all__ = ["choose_key_slices", "simulate_prompts", "KeySlices"]
@@ -57,49 +59,16 @@ def choose_key_slices(mask: np.ndarray, key_slices: KeySlices = "largest") -> li
     return sorted(chosen)
 
 
-def _jitter_box(
-    box: tuple[float, float, float, float], jitter: float, hw: tuple[int, int], rng: np.random.RandomState
-) -> list[int]:
-    x0, y0, x1, y1 = box
-    if jitter > 0:
-        w, h = x1 - x0 + 1, y1 - y0 + 1
-        dx = rng.uniform(-jitter, jitter, 2) * w
-        dy = rng.uniform(-jitter, jitter, 2) * h
-        x0, x1 = x0 + dx[0], x1 + dx[1]
-        y0, y1 = y0 + dy[0], y1 + dy[1]
-    hgt, wid = hw
-    x0, x1 = np.clip(np.round([x0, x1]), 0, wid - 1)
-    y0, y1 = np.clip(np.round([y0, y1]), 0, hgt - 1)
-    x0, x1 = min(x0, x1), max(x0, x1)
-    y0, y1 = min(y0, y1), max(y0, y1)
-    return [int(x0), int(y0), int(x1), int(y1)]
-
-
-def _sample(ys: np.ndarray, xs: np.ndarray, n: int, rng: np.random.RandomState) -> list[list[int]]:
-    if n <= 0 or ys.size == 0:
-        return []
-    idx = rng.choice(ys.size, size=min(n, ys.size), replace=False)
-    return [[int(xs[i]), int(ys[i])] for i in np.sort(idx)]
-
-
 def _points(
-    mask2d: np.ndarray, box: list[int], n_pos: int, n_neg: int, rng: np.random.RandomState
+    mask2d: np.ndarray, n_pos: int, n_neg: int, rng: np.random.RandomState
 ) -> tuple[list[list[int]], list[int]]:
-    ys, xs = np.nonzero(mask2d)
-    pos = _sample(ys, xs, n_pos, rng)
-    neg: list[list[int]] = []
+    pos = sample_pixels(mask2d, n_pos, rng)
+    neg = np.zeros((0, 2), np.float32)
     if n_neg > 0:
-        # Background near the object first (inside its box, grown by half its size), else anywhere.
-        x0, y0, x1, y1 = box
-        mx, my = (x1 - x0 + 1) // 2, (y1 - y0 + 1) // 2
-        near = np.zeros_like(mask2d, dtype=bool)
-        near[max(0, y0 - my) : y1 + my + 1, max(0, x0 - mx) : x1 + mx + 1] = True
-        bg = near & ~mask2d
-        if not bg.any():
-            bg = ~mask2d
-        ys, xs = np.nonzero(bg)
-        neg = _sample(ys, xs, n_neg, rng)
-    return pos + neg, [1] * len(pos) + [0] * len(neg)
+        near = negative_region(mask2d)  # background near the object first, else anywhere
+        neg = sample_pixels(near if near.any() else ~mask2d, n_neg, rng)
+    points = [[int(x), int(y)] for x, y in np.concatenate([pos, neg])]
+    return points, [1] * len(pos) + [0] * len(neg)
 
 
 def simulate_prompts(
@@ -169,12 +138,12 @@ def simulate_prompts(
         for k in ks:
             tight = box_from_mask(mask[k])
             assert tight is not None  # k contains the object
-            b = _jitter_box(tight, jitter, hw, rng)
+            b = [int(v) for v in jitter_box(tight, hw, rng, jitter, distribution="uniform")]
             p: dict[str, Any] = {"slice": int(k)}
             if box:
                 p["box"] = b
             if n_positive > 0 or n_negative > 0:
-                pts, pls = _points(mask[k], [int(v) for v in tight], n_positive, n_negative, rng)
+                pts, pls = _points(mask[k], n_positive, n_negative, rng)
                 if pts:
                     p["points"], p["point_labels"] = pts, pls
             prompts.append(p)

@@ -1,4 +1,7 @@
-"""Simulated prompts for training and evaluation, in SAM's slice convention.
+"""Simulated prompts from reference masks (training, evaluation, MONAI), in SAM's slice convention.
+
+The one place prompts are simulated: :mod:`adapters` trains and evaluates with it, and
+:mod:`medsam.monai.simulate` builds its 3D key-slice prompts from the same primitives.
 
 Boxes are ``(x0, y0, x1, y1)`` inclusive pixel indices and points ``(x, y)`` = (column, row)
 on the original slice, label 1 foreground and 0 background, exactly what a user gives
@@ -10,6 +13,7 @@ on the original slice, label 1 foreground and 0 background, exactly what a user 
   pixel of the larger error region (false negatives: positive click; false positives:
   negative click).
 * :func:`fixed_prompt`: the deterministic prompts of :mod:`adapters.evaluate`.
+* Primitives: :func:`jitter_box`, :func:`sample_pixels`, :func:`negative_region`.
 
 Examples
 --------
@@ -24,6 +28,7 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -37,6 +42,8 @@ __all__ = [
     "correction_click",
     "fixed_prompt",
     "jitter_box",
+    "negative_region",
+    "sample_pixels",
     "simulate_prompt",
 ]
 
@@ -114,14 +121,48 @@ def _interior_point(mask: np.ndarray, rng: np.random.Generator | None = None) ->
     return float(x), float(y)
 
 
-def jitter_box(box: tuple[float, float, float, float], hw: tuple[int, int], rng: np.random.Generator,
-               jitter: float, shift_px: float) -> np.ndarray:
-    """Shift each edge of ``box`` randomly, keep it inside the ``(H, W)`` slice and non-empty."""
+def jitter_box(
+    box: tuple[float, float, float, float],
+    hw: tuple[int, int],
+    rng: np.random.Generator | np.random.RandomState,
+    jitter: float,
+    shift_px: float = 0.0,
+    distribution: Literal["normal", "uniform"] = "normal",
+) -> np.ndarray:
+    """Shift each edge of ``box`` randomly, keep it inside the ``(H, W)`` slice and non-empty.
+
+    Parameters
+    ----------
+    box
+        ``(x0, y0, x1, y1)`` inclusive pixel indices.
+    hw
+        ``(H, W)`` of the slice.
+    rng
+        A NumPy ``Generator`` or ``RandomState`` (MONAI's randomisable transforms use the latter).
+    jitter
+        Per-edge shift as a fraction of the box side: the standard deviation
+        (``"normal"``), or the largest shift (``"uniform"``, in ``[-jitter, jitter]``).
+    shift_px
+        Further uniform shift of each edge in ``[-shift_px, shift_px]`` pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(4,)`` float32 ``(x0, y0, x1, y1)`` with whole-pixel values.
+    """
     x0, y0, x1, y1 = (float(v) for v in box)
     w, h = x1 - x0 + 1, y1 - y0 + 1
     sides = np.array([w, h, w, h])
-    d = rng.normal(0.0, jitter, 4) * sides + rng.uniform(-shift_px, shift_px, 4)
-    b = np.array([x0, y0, x1, y1]) + d
+    b = np.array([x0, y0, x1, y1])
+    if jitter > 0:
+        if distribution == "normal":
+            b = b + rng.normal(0.0, jitter, 4) * sides
+        elif distribution == "uniform":
+            b = b + rng.uniform(-jitter, jitter, 4) * sides
+        else:
+            raise ValueError(f"distribution must be 'normal' or 'uniform', got {distribution!r}")
+    if shift_px > 0:
+        b = b + rng.uniform(-shift_px, shift_px, 4)
     H, W = hw
     b[[0, 2]] = np.clip(b[[0, 2]], 0, W - 1)
     b[[1, 3]] = np.clip(b[[1, 3]], 0, H - 1)
@@ -133,7 +174,8 @@ def jitter_box(box: tuple[float, float, float, float], hw: tuple[int, int], rng:
     return b.astype(np.float32)
 
 
-def _sample_pixels(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def sample_pixels(mask: np.ndarray, n: int, rng: np.random.Generator | np.random.RandomState) -> np.ndarray:
+    """Up to ``n`` distinct pixels of a ``(H, W)`` bool mask as ``(N, 2)`` float32 ``(x, y)``."""
     ys, xs = np.nonzero(mask)
     if n <= 0 or ys.size == 0:
         return np.zeros((0, 2), np.float32)
@@ -141,7 +183,8 @@ def _sample_pixels(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     return np.stack([xs[idx], ys[idx]], axis=1).astype(np.float32)
 
 
-def _negative_region(mask: np.ndarray) -> np.ndarray:
+def negative_region(mask: np.ndarray) -> np.ndarray:
+    """Background near the object: its box grown by half its size on each side, minus the mask."""
     box = box_from_mask(mask)
     region = np.zeros_like(mask)
     if box is not None:
@@ -187,8 +230,8 @@ def simulate_prompt(
         return Prompt(box=box)
     n_pos = int(rng.integers(1, config.max_pos_points + 1))
     n_neg = int(rng.integers(0, config.max_neg_points + 1))
-    pos = _sample_pixels(mask, n_pos, rng)
-    neg = _sample_pixels(_negative_region(mask), n_neg, rng)
+    pos = sample_pixels(mask, n_pos, rng)
+    neg = sample_pixels(negative_region(mask), n_neg, rng)
     pts = np.concatenate([pos, neg]).astype(np.float32)
     labels = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.int64)
     return Prompt(box=box, points=pts, labels=labels)
@@ -232,6 +275,6 @@ def fixed_prompt(mask: np.ndarray, kind: str, n_points: int = 1, seed: int = 0) 
     first = np.asarray([_interior_point(mask)], np.float32)
     rest_mask = mask.copy()
     rest_mask[int(first[0, 1]), int(first[0, 0])] = False
-    rest = _sample_pixels(rest_mask, n_points - 1, np.random.default_rng(seed))
+    rest = sample_pixels(rest_mask, n_points - 1, np.random.default_rng(seed))
     pts = np.concatenate([first, rest]).astype(np.float32)
     return Prompt(box=box_arr, points=pts, labels=np.ones(len(pts), np.int64))
