@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import weakref
 
 import torch
@@ -196,14 +197,17 @@ class _Compiled:
 
 
 _RUNTIMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# napari embeds in a worker thread while the main thread predicts: build each engine once.
+_LOCK = threading.Lock()
 
 
 def _runtime(model: nn.Module, backend: str) -> _Runtime:
-    per_model = _RUNTIMES.setdefault(model, {})
-    rt = per_model.get(backend)
-    if rt is None or rt.signature != _signature(model):
-        rt = per_model[backend] = _Runtime(model, backend)
-    return rt
+    with _LOCK:
+        per_model = _RUNTIMES.setdefault(model, {})
+        rt = per_model.get(backend)
+        if rt is None or rt.signature != _signature(model):
+            rt = per_model[backend] = _Runtime(model, backend)
+        return rt
 
 
 class Engine:
