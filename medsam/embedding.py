@@ -109,7 +109,7 @@ class SliceEmbedder:
         Memory for float32 embeddings of every slice above which the default storage
         becomes float16 (2048 MB: about 500 slices of LiteMedSAM's 4 MB embeddings).
     inference:
-        How the encoder runs (:class:`~medsam.models.accel.InferenceConfig`; default: the
+        How the encoder runs (:class:`~medsam.inference.InferenceConfig`; default: the
         fast path). It is part of the cache key.
     """
 
@@ -268,8 +268,9 @@ class SliceEmbedder:
 
         With ``on_device`` (default: on CUDA, for grey int/float32 volumes) the raw slices
         travel as they are stored (int16 for CT: half the bytes of float32), through
-        pinned memory, and are windowed on the device by :func:`~medsam.intensity.apply_window_tensor`; otherwise they are
-        windowed on the CPU by :func:`~medsam.intensity.apply_window`. Both give equal values.
+        pinned memory, and are windowed on the device by
+        :func:`~medsam.intensity.apply_window_tensor`; otherwise they are windowed on the
+        CPU by :func:`~medsam.intensity.apply_window`. Both give equal values.
         """
         device = self.model.device
         raw = self.volume.array[ks]

@@ -81,8 +81,8 @@ def embed_images(
     images
         ``(B, C, H, W)`` float in [0, 1], C = 1 or 3, all slices of one size.
     inference
-        How the encoder runs (:class:`~medsam.models.accel.InferenceConfig`; default: the
-        fast path, bf16 where native). :data:`~medsam.models.accel.REFERENCE` is the
+        How the encoder runs (:class:`~medsam.inference.InferenceConfig`; default: the
+        fastest exact backend for the device). :data:`~medsam.inference.REFERENCE` is the
         model's own fp32 ``encode``.
 
     Returns
@@ -185,7 +185,7 @@ class SlicePredictor:
         ``None`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"mps"``; with a
         model instance, it is moved there.
     inference
-        How ``set_image`` runs the encoder (:class:`~medsam.models.accel.InferenceConfig`);
+        How ``set_image`` runs the encoder (:class:`~medsam.inference.InferenceConfig`);
         the default is the fast path.
 
     Examples
@@ -254,7 +254,7 @@ class SlicePredictor:
             logger.warning(
                 "%s is in training mode; call model.eval() for inference", self.model.name
             )
-        embedding = embed_images(self.model, tensor, self.inference)
+        embedding = embed_images(self.model, tensor, self.inference).float()
         self._set(embedding, self.model.frame_transform(tensor.shape[-2:]))
 
     def set_embedding(
@@ -292,7 +292,7 @@ class SlicePredictor:
         self._embedding = embedding
         self._frame = frame
         # Bound per image: the model's weights are checked here, not on every click.
-        self._engine: Engine | None = prepare(self.model, self.inference)
+        self._engine = prepare(self.model, self.inference)
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current ``(1, 256, 64, 64)`` embedding."""

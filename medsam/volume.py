@@ -89,9 +89,9 @@ class VolumePredictor:
     adapter:
         Optional fine-tuned adapter file (``medsam finetune``) loaded onto the model.
     inference:
-        How the encoder runs (:class:`~medsam.models.accel.InferenceConfig`): the default
-        fast path (bf16 where native, folded BatchNorm, channels_last), ``compile=True``,
-        or :data:`~medsam.models.accel.REFERENCE`.
+        How the encoder and decoder run (:class:`~medsam.inference.InferenceConfig`):
+        by default the fastest exact backend for the device (ONNX Runtime on the CPU);
+        :data:`~medsam.inference.REFERENCE` is the model's own fp32 path.
     """
 
     def __init__(

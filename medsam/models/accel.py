@@ -55,6 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 def bf16_supported(device: torch.device | str) -> bool:
     """Whether ``device`` computes bf16 natively (so bf16 is faster, not emulated)."""
     device = torch.device(device)
