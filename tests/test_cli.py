@@ -49,6 +49,7 @@ def test_segment_box_writes_mask_with_input_geometry_and_sidecar(ct_file, tmp_pa
     assert dice(labels == 1, ref) > 0.9  # measured 0.95
     side = json.loads((tmp_path / "liver.json").read_text())
     assert side["model"] == "litemedsam" and side["objects"][0]["name"] == "liver"
+    assert side["inference"] == {"backend": "onnxruntime", "precision": "fp32", "device": "cpu"}
     assert sorted(side["confidence"]["1"]["slices"], key=int) == [str(k) for k in range(6)]
     assert side["objects"][0]["volume_ml"] == pytest.approx((labels == 1).sum() * 27 / 1000, rel=1e-3)
 
@@ -58,6 +59,27 @@ def test_segment_box_writes_mask_with_input_geometry_and_sidecar(ct_file, tmp_pa
     assert rc == 2
     assert "already exists" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_backend_choice_gives_the_same_mask(ct_file, tmp_path, capsys):
+    """--backend reference and the default engine write the same liver; bad combos exit 2."""
+    ct, ref = ct_file
+    masks = []
+    for backend in ("reference", "torch"):
+        out = tmp_path / f"{backend}.nii.gz"
+        assert main(["segment", str(ct), "-o", str(out), "--box", f"3:{_liver_box(ref)}",
+                     "--device", "cpu", "--quiet", "--backend", backend]) == 0
+        side = json.loads((tmp_path / f"{backend}.json").read_text())
+        assert side["inference"]["backend"] == backend
+        masks.append(load_volume(out).array == 1)
+    assert dice(masks[0], masks[1]) >= 0.995
+    capsys.readouterr()
+    bad = tmp_path / "bad.nii.gz"
+    assert main(["segment", str(ct), "-o", str(bad), "--box", f"3:{_liver_box(ref)}",
+                 "--backend", "onnxruntime", "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs the 'torch' or 'compile' backend" in err[0]
+    assert not bad.exists()
 
 
 def test_world_prompts_equal_voxel_prompts(ct_file, tmp_path):
