@@ -91,7 +91,7 @@ def bench_encoder(model, vol, window, device, batch_sizes=(1, 2, 4, 8)) -> dict:
         model.encode(model.preprocess(x_all[:1]))
     flops = fc.get_total_flops()
     configs = {"reference": InferenceConfig(backend="reference"), "torch": InferenceConfig(backend="torch")}
-    if resolve_backend(InferenceConfig(backend="onnxruntime"), device) == "onnxruntime":
+    if resolve_backend(InferenceConfig(backend="onnxruntime"), device, model) == "onnxruntime":
         configs["onnxruntime"] = InferenceConfig(backend="onnxruntime")
     configs["compile"] = InferenceConfig(backend="compile")
     if bf16_supported(device):
@@ -152,7 +152,7 @@ def bench_prompt_latency(model, vol, ref, window, n=50) -> dict:
             p.predict(box=box)
             times.append(time.perf_counter() - t)
         out[name] = {
-            "backend": resolve_backend(cfg, model.device),
+            "backend": resolve_backend(cfg, model.device, model),
             "median_ms": round(1000 * float(np.median(times)), 2),
             "p90_ms": round(1000 * float(np.percentile(times, 90)), 2),
         }

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--cache-dir", type=Path, default=None, help="on-disk embedding cache folder")
     seg.add_argument(
         "--backend", default="auto", choices=BACKENDS,
-        help="encoder/decoder engine (default auto: onnxruntime on CPU, torch on GPU; "
+        help="encoder/decoder engine (default auto: onnxruntime for LiteMedSAM on CPU, else torch; "
         "'compile' = torch.compile; 'reference' = the model's own fp32 path)",
     )
     seg.add_argument(

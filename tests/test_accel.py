@@ -159,6 +159,23 @@ def test_unexportable_encoder_falls_back_to_torch(litemedsam, slices, caplog):
         assert _rel(engine.encode(x), model.encode(x)) < 1e-5
 
 
+def test_auto_picks_onnxruntime_only_for_small_encoders(litemedsam, monkeypatch, caplog):
+    """auto: ONNX Runtime for LiteMedSAM (measured faster); larger encoders stay on torch."""
+    from medsam.models import accel
+
+    auto, ort = InferenceConfig(), InferenceConfig(backend="onnxruntime")
+    assert resolve_backend(auto, "cpu", litemedsam) == "onnxruntime"
+    assert resolve_backend(InferenceConfig(precision="bf16"), "cpu", litemedsam) == "torch"
+    size = sum(p.numel() * p.element_size() for p in litemedsam.image_encoder.parameters())
+    monkeypatch.setattr(accel, "AUTO_ORT_MAX_BYTES", size - 1)  # as if it were a ViT
+    assert resolve_backend(auto, "cpu", litemedsam) == "torch"
+    assert resolve_backend(ort, "cpu", litemedsam) == "onnxruntime"  # asked for explicitly
+    monkeypatch.setattr(accel, "ORT_MAX_BYTES", size - 1)  # as if it were past ONNX's 2 GB
+    with caplog.at_level(logging.WARNING, logger="medsam.models.accel"):
+        assert resolve_backend(ort, "cpu", litemedsam) == "torch"
+    assert any("exceeds ONNX's 2 GB limit" in r.getMessage() for r in caplog.records)
+
+
 def test_config_errors_are_one_line():
     with pytest.raises(ValueError, match="backend must be one of"):
         InferenceConfig(backend="tensorrt")
