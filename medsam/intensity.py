@@ -248,7 +248,7 @@ def apply_window(array: np.ndarray, window: Window, out: np.ndarray | None = Non
 def apply_window_tensor(tensor: Any, window: Window) -> Any:
     """:func:`apply_window` for a torch tensor, on the tensor's device.
 
-    Lets a GPU receive raw int16 slices (a quarter of the float32 bytes) and window them
+    Lets a GPU receive raw int16 slices (half the bytes of float32) and window them
     there. The arithmetic is :func:`apply_window`'s, in float32, so the results are equal.
 
     Parameters
