@@ -85,6 +85,7 @@ def bench_encoder(model, vol, window, device, batch_sizes=(1, 2, 4, 8)) -> dict:
     from medsam.inference import InferenceConfig
     from medsam.intensity import apply_window
     from medsam.models.accel import bf16_supported, resolve_backend
+    from medsam.predictor import embed_images
 
     x_all = torch.from_numpy(apply_window(vol.array[:8], window))[:, None].to(device)
     with torch.inference_mode(), FlopCounterMode(display=False) as fc:
@@ -100,8 +101,6 @@ def bench_encoder(model, vol, window, device, batch_sizes=(1, 2, 4, 8)) -> dict:
     by_backend = {}
     for name, cfg in configs.items():
         t = time.perf_counter()
-        from medsam.predictor import embed_images
-
         embed_images(model, x_all[:1], cfg)
         first_call = time.perf_counter() - t
         # batches only where they can help: the GPU, or the torch path on the CPU
