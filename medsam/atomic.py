@@ -2,7 +2,9 @@
 
 Readers never see a partial file, and a failed write leaves any previous file untouched.
 The temporary name keeps the target's ending (``.tmp-XXXX-name.nii.gz``) so writers that
-choose a format by extension (SimpleITK, Pillow) write the right one.
+choose a format by extension (SimpleITK, Pillow) write the right one. The file gets the
+mode that the process umask gives a new file (0644 under umask 022), as ``cp`` would,
+not the 0600 of :func:`tempfile.mkstemp`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "default_file_mode"]
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: ``0o666`` less the umask."""
+    mask = os.umask(0o022)  # the only portable way to read the umask is to set it
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -28,6 +37,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medsam.errors import MedsamError, OutputExistsError, PromptError
+from medsam import __version__
+from medsam.errors import MedsamError, PromptError
 from medsam.inference import BACKENDS, InferenceConfig
 
 __all__ = ["main", "build_parser", "sidecar_path"]
@@ -27,16 +28,14 @@ logger = logging.getLogger("medsam.cli")
 
 
 def sidecar_path(output: Path) -> Path:
-    """``out.nii.gz`` -> ``out.json`` (the per-slice confidence sidecar)."""
-    name = output.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
-        if name.lower().endswith(suffix):
-            return output.with_name(name[: -len(suffix)] + ".json")
-    return output.with_name(name + ".json")
+    """``liver.nii.gz`` -> ``liver.nii.gz.json``: the sidecar is named from the whole file name,
+    so ``out.nrrd`` and ``out.nii.gz`` never share one."""
+    return output.with_name(output.name + ".json")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsam", description="Segment Anything for medical imaging.")
+    parser.add_argument("--version", action="version", version=f"medsam {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -118,9 +117,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before the model is loaded.
     inference = InferenceConfig(backend=args.backend, precision=args.precision)
     out = check_mask_path(args.output, overwrite=args.overwrite)
+    # A sidecar without its mask is stale (the mask is checked above): it is replaced.
     side = sidecar_path(out)
-    if side.exists() and not args.overwrite:
-        raise OutputExistsError(side)
     volume = load_volume(args.input, series_uid=args.series_uid)
     prompts = _prompt_set(args, volume)
     from medsam.intensity import resolve_window
@@ -167,6 +165,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     save_mask(result.labels, volume, out, overwrite=args.overwrite)
     rows = summarize(result, volume)
     sidecar = {
+        "medsam_version": __version__,
         "input": str(args.input),
         "output": str(out),
         "model": model_name,

@@ -82,7 +82,7 @@ def test_finetune_cli_end_to_end(dataset, tmp_path, capsys, ct_sm):
     rc = main(["segment", str(dataset / "ct3.nii.gz"), "-o", str(seg_out), "--box", box,
                "--no-propagate", "--adapter", str(run / "best.safetensors"), "--device", "cpu", "--quiet"])
     assert rc == 0
-    side = json.loads(seg_out.with_suffix("").with_suffix(".json").read_text())
+    side = json.loads(seg_out.with_name(seg_out.name + ".json").read_text())
     assert "+adapter:" in side["weights"]
     from medsam.io import load_volume
 

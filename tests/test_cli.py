@@ -47,7 +47,7 @@ def test_segment_box_writes_mask_with_input_geometry_and_sidecar(ct_file, tmp_pa
     assert res.shape == src.shape and res.get_data_dtype() == np.uint8
     labels = load_volume(out).array
     assert dice(labels == 1, ref) > 0.9  # measured 0.95
-    side = json.loads((tmp_path / "liver.json").read_text())
+    side = json.loads((tmp_path / "liver.nii.gz.json").read_text())
     assert side["model"] == "litemedsam" and side["objects"][0]["name"] == "liver"
     assert side["inference"] == {"backend": "onnxruntime", "precision": "fp32", "device": "cpu"}
     assert sorted(side["confidence"]["1"]["slices"], key=int) == [str(k) for k in range(6)]
@@ -69,7 +69,7 @@ def test_backend_choice_gives_the_same_mask(ct_file, tmp_path, capsys):
         out = tmp_path / f"{backend}.nii.gz"
         assert main(["segment", str(ct), "-o", str(out), "--box", f"3:{_liver_box(ref)}",
                      "--device", "cpu", "--quiet", "--backend", backend]) == 0
-        side = json.loads((tmp_path / f"{backend}.json").read_text())
+        side = json.loads((tmp_path / f"{backend}.nii.gz.json").read_text())
         assert side["inference"]["backend"] == backend
         masks.append(load_volume(out).array == 1)
     assert dice(masks[0], masks[1]) >= 0.995
@@ -163,3 +163,36 @@ def test_cli_entry_point_exit_code(tmp_path):
     assert proc.stderr.strip().endswith("no such file or folder")
     models = subprocess.run([sys.executable, "-m", "medsam", "models"], capture_output=True, text=True, timeout=120)
     assert models.returncode == 0 and "litemedsam" in models.stdout and "sam_vit_h" in models.stdout
+
+
+def test_outputs_get_umask_mode_and_one_sidecar_per_file(ct_file, tmp_path, capsys):
+    """Under umask 022 the mask and its sidecar are 0644; .nrrd and .nii.gz keep separate
+    sidecars named from the whole file name; a stale sidecar without its mask is replaced."""
+    import os
+    import stat
+
+    from medsam import __version__
+
+    ct, ref = ct_file
+    (tmp_path / "out.nrrd.json").write_text("stale")  # left from a run whose mask was deleted
+    old = os.umask(0o022)
+    try:
+        for name in ("out.nii.gz", "out.nrrd"):
+            assert main(["segment", str(ct), "-o", str(tmp_path / name), "--box", f"3:{_liver_box(ref)}",
+                         "--no-propagate", "--device", "cpu", "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    for name in ("out.nii.gz", "out.nrrd"):
+        for path in (tmp_path / name, tmp_path / f"{name}.json"):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        side = json.loads((tmp_path / f"{name}.json").read_text())
+        assert side["output"] == str(tmp_path / name) and side["medsam_version"] == __version__
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_version_flag():
+    from medsam import __version__
+
+    run = subprocess.run([sys.executable, "-m", "medsam.cli", "--version"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == f"medsam {__version__}"
