@@ -176,11 +176,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     device = None if args.device == "auto" else args.device
     model = load_model(args.model, checkpoint=args.checkpoint, device=device, adapter=args.adapter)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
+    from medsam.progress import progress_bar
 
-        bar = tqdm(total=len(cases), desc="evaluate", unit="case", file=sys.stderr, leave=False)
+    bar = progress_bar(len(cases), "evaluate", "case", quiet=args.quiet)
 
     def progress(done: int, total: int) -> None:
         if bar is not None:

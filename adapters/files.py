@@ -30,7 +30,13 @@ import torch
 from torch import nn
 
 from adapters.config import AdapterConfig
-from adapters.methods import adapter_parameter_names, apply_adapter, lora_layers, merge_lora
+from adapters.methods import (
+    adapter_parameter_names,
+    apply_adapter,
+    lora_layers,
+    merge_lora,
+    unload_lora,
+)
 from medsam.atomic import atomic_write, atomic_write_text
 from medsam.errors import InputFileError, MedsamError, MissingInputError
 
@@ -39,6 +45,7 @@ __all__ = [
     "AdapterMismatchError",
     "load_adapted_model",
     "load_adapter",
+    "load_for_inference",
     "read_adapter_meta",
     "save_adapter",
     "sidecar_of",
@@ -242,6 +249,19 @@ def load_adapter(model: nn.Module, path: str | Path, *, merge: bool = False) -> 
     model.weights_id = f"{model.weights_id}+adapter:{digest[:16]}"
     model.adapter_meta = meta
     logger.info("loaded %s adapter %s onto %s", config.method, path, model.base_weights_id)
+    return model
+
+
+def load_for_inference(model: nn.Module, path: str | Path) -> nn.Module:
+    """:func:`load_adapter`, then LoRA merged and unloaded: plain modules for the fast engines.
+
+    This is the ``medsam.adapter_loaders`` entry point that the core calls for
+    ``load_model(..., adapter=)``, ``medsam segment --adapter`` and the other front ends.
+    The model computes what the adapted model computes (to float rounding) and exports to
+    ONNX like the base model; it can no longer be trained as a LoRA adapter.
+    """
+    load_adapter(model, path)
+    unload_lora(model)
     return model
 
 

@@ -44,6 +44,7 @@ from adapters.run_io import RunLogger, load_rng, load_state, save_rng, save_stat
 from adapters.slices import CaseStore, SliceIndex
 from adapters.step import PromptedSegLoss, TrainSample
 from medsam.errors import MedsamError
+from medsam.progress import progress_bar
 from medsam.prompt_sim import PromptSimConfig, simulate_prompt
 
 __all__ = ["FinetuneResult", "RunExistsError", "TrainConfig", "finetune"]
@@ -316,10 +317,8 @@ def _run(train_cases, val_cases, cfg: TrainConfig, run_dir: Path, resume: bool, 
     for epoch in range(start_epoch, cfg.epochs):
         batches = _my_batches(_epoch(index, cfg, epoch), cfg, info)
         bar = None
-        if cfg.progress and info.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", file=sys.stderr, leave=False)
+        if info.is_main:
+            bar = progress_bar(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", "batch", quiet=not cfg.progress)
         set_train_mode(model, True)
         losses: list[float] = []
         t0 = time.perf_counter()

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--window", default=None, help="preset name, 'L,W', 'header' or 'percentile'")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     seg.add_argument("--series-uid", default=None, help="pick one series from a DICOM folder")
-    seg.add_argument("--cache-dir", type=Path, default=None, help="on-disk embedding cache folder")
+    seg.add_argument("--cache-dir", type=Path, default=None, help="on-disk embedding cache folder (default: $MEDSAM_CACHE_DIR if set)")
     seg.add_argument(
         "--backend", default="auto", choices=BACKENDS,
         help="encoder/decoder engine (default auto: onnxruntime for LiteMedSAM on CPU, else torch; "
@@ -78,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the models in the registry")
     models.set_defaults(func=cmd_models)
 
-    from adapters.cli import add_subcommands  # finetune, evaluate (standard library only)
+    from medsam.plugins import cli_plugins  # finetune, evaluate: the adapters package
 
-    add_subcommands(sub)
+    for add in cli_plugins():
+        add(sub)
     return parser
 
 
@@ -123,12 +124,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     prompts = _prompt_set(args, volume)
     from medsam.intensity import resolve_window
 
-    window_spec = args.window
-    if window_spec is None and args.adapter is not None:
-        from adapters.files import read_adapter_meta
-
-        window_spec = read_adapter_meta(args.adapter).get("window")  # the training window
-    window = resolve_window(volume, window_spec)
+    window = None if args.window is None and args.adapter is not None else resolve_window(volume, args.window)
 
     from medsam.io import save_mask
     from medsam.models.accel import prepare
@@ -140,12 +136,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         args.model, checkpoint=args.checkpoint, device=device, cache_dir=args.cache_dir, adapter=args.adapter,
         inference=inference,
     )
+    if window is None:  # the window the adapter was trained with
+        window = resolve_window(volume, getattr(vp.model, "adapter_meta", {}).get("window"))
     engine = prepare(vp.model, inference)  # bf16 on a device without it fails here, before any work
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
+    from medsam.progress import progress_bar
 
-        bar = tqdm(total=0, desc="embed+propagate", unit="slice", file=sys.stderr, leave=False)
+    bar = progress_bar(0, "embed+propagate", "slice", quiet=args.quiet)
 
     def progress(stage: str, done: int, total: int) -> None:
         if bar is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from medsam.predictor import embed_images
 __all__ = ["SliceEmbedder", "EmbeddingInfo", "default_batch_size", "volume_content_hash"]
 
 logger = logging.getLogger(__name__)
+
+CACHE_ENV = "MEDSAM_CACHE_DIR"  # default on-disk embedding cache folder, when set
 
 CACHE_FORMAT = 1
 
@@ -99,7 +102,8 @@ class SliceEmbedder:
     batch_size:
         Slices per encoder call (default: :func:`default_batch_size` of the model's device).
     cache_dir:
-        Optional folder for the on-disk cache.
+        Optional folder for the on-disk cache. Default: the ``MEDSAM_CACHE_DIR``
+        environment variable when it is set, else no disk cache.
     store_dtype:
         dtype of the in-memory embeddings. Default: the encoder's compute dtype (bfloat16
         on the bf16 path, at no loss), float32 while all slices' embeddings fit in
@@ -146,6 +150,8 @@ class SliceEmbedder:
         self.info = EmbeddingInfo(original_hw=hw, input_hw=tuple(model.frame_transform(hw).input_hw))
         self.n_encoded = 0
         self._cache_path: Path | None = None
+        if cache_dir is None:
+            cache_dir = os.environ.get(CACHE_ENV) or None
         if cache_dir is not None:
             self._cache_path = Path(cache_dir) / self.cache_key()
             self._cache_path.mkdir(parents=True, exist_ok=True)

@@ -109,9 +109,9 @@ class VolumePredictor:
         if isinstance(model, str):
             model = load_model(model, checkpoint=checkpoint, device=device, adapter=adapter)
         elif adapter is not None:
-            from adapters.files import load_adapter
+            from medsam.plugins import apply_adapter_file
 
-            load_adapter(model, adapter)
+            model = apply_adapter_file(model, adapter)
         self.model = model
         self.inference = inference or InferenceConfig()
         self.predictor = SlicePredictor(model, inference=self.inference)

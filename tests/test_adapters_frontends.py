@@ -45,11 +45,12 @@ def test_monai_network_and_napari_loader_load_the_same_adapter(adapter_file):
 
     net = SamNetwork("litemedsam", device="cpu", adapter=path).eval()
     assert "+adapter:" in net.model.weights_id
-    torch.testing.assert_close(_logits(net.model, image, box), expected, rtol=0, atol=1e-5)
+    # LoRA is merged into the weights for inference: equal to float rounding (measured 3e-5)
+    torch.testing.assert_close(_logits(net.model, image, box), expected, rtol=0, atol=2e-4)
 
     vp = _load("litemedsam", None, "cpu", None, str(path))  # the widget's model loader
     assert vp.model.weights_id == net.model.weights_id
-    torch.testing.assert_close(_logits(vp.model, image, box), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_logits(vp.model, image, box), expected, rtol=0, atol=2e-4)
 
 
 def test_adapter_for_another_base_is_refused_by_every_front_end(adapter_file, tmp_path):
@@ -66,3 +67,50 @@ def test_adapter_for_another_base_is_refused_by_every_front_end(adapter_file, tm
         with pytest.raises(AdapterMismatchError) as err:
             build()
         assert "other.safetensors" in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_segment_with_adapter_is_quiet_and_runs_on_the_fast_engine(adapter_file, sample_data, tmp_path):
+    """`medsam segment --adapter`: no exporter graph dump, no fallback warning, ONNX Runtime in
+    the sidecar, and the mask of the adapted model's reference path."""
+    import subprocess
+    import sys
+
+    import SimpleITK as sitk
+
+    from medsam.io import load_volume
+    from medsam.metrics import dice
+    from medsam.models import REFERENCE
+    from medsam.volume import VolumePredictor
+
+    path, adapted = adapter_file
+    img = sitk.ReadImage(str(sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"))
+    ct = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(img[:, :, 23:26], str(ct))
+    out = tmp_path / "liver.nii.gz"
+    proc = subprocess.run(
+        [sys.executable, "-m", "medsam", "segment", str(ct), "-o", str(out), "--box", "1:44,27,104,81",
+         "--adapter", str(path), "--device", "cpu", "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 2, proc.stdout[:2000]  # one object line, one "wrote" line
+    assert proc.stderr.strip() == "", proc.stderr[:2000]
+    side = json.loads((tmp_path / "liver.nii.gz.json").read_text())
+    assert side["inference"]["backend"] == "onnxruntime"
+    assert "+adapter:" in side["weights"]
+
+    vp = VolumePredictor(adapted, inference=REFERENCE)  # LoRA unmerged, the model's own torch path
+    vol = load_volume(ct)
+    vp.init_volume(vol, window="soft_tissue")
+    vp.add_prompt(1, obj_id=1, box=(44, 27, 104, 81))
+    list(vp.propagate())
+    assert dice(load_volume(out).array == 1, vp.to_labels() == 1) >= 0.995
+
+
+def test_loaded_adapter_leaves_plain_modules(adapter_file):
+    """Loading for inference merges LoRA into the weights: no LoRA wrapper is left to export."""
+    from adapters.methods import lora_layers
+
+    path, _ = adapter_file
+    model = load_model("litemedsam", device="cpu", adapter=path)
+    assert lora_layers(model) == [] and "+adapter:" in model.weights_id

@@ -196,3 +196,39 @@ def test_version_flag():
 
     run = subprocess.run([sys.executable, "-m", "medsam.cli", "--version"], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == f"medsam {__version__}"
+
+
+def test_progress_bar_only_on_a_terminal(ct_file, tmp_path):
+    """The embed+propagate bar shows when stderr is a terminal (a real pseudo-terminal here),
+    and not when it is a pipe or with --quiet."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    ct, ref = ct_file
+    cmd = [sys.executable, "-m", "medsam", "segment", str(ct), "--box", f"3:{_liver_box(ref)}", "--device", "cpu",
+           "--no-propagate"]
+    piped = subprocess.run([*cmd, "-o", str(tmp_path / "a.nii.gz")], capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0 and "embed+propagate" not in piped.stderr and "%|" not in piped.stderr
+
+    for quiet, shown in ((False, True), (True, False)):
+        main_fd, term_fd = pty.openpty()
+        fcntl.ioctl(term_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a terminal 80 wide
+        out = tmp_path / f"b{int(quiet)}.nii.gz"
+        proc = subprocess.Popen([*cmd, "-o", str(out), *(["--quiet"] if quiet else [])],
+                                stdout=subprocess.DEVNULL, stderr=term_fd)
+        os.close(term_fd)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # the terminal closed: the run ended
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(timeout=300) == 0
+        os.close(main_fd)
+        assert (b"embed+propagate" in seen) is shown, seen[-500:]

@@ -58,6 +58,23 @@ def test_disk_cache_is_reused_only_for_the_same_volume_model_and_window(litemeds
     assert e.n_encoded == 1
 
 
+def test_cache_folder_from_the_environment(litemedsam, small, tmp_path, monkeypatch):
+    """``MEDSAM_CACHE_DIR`` is the default cache folder; an explicit ``cache_dir`` wins."""
+    monkeypatch.setenv("MEDSAM_CACHE_DIR", str(tmp_path / "env"))
+    a = SliceEmbedder(litemedsam, small, "soft_tissue")
+    a.embed([0])
+    assert (tmp_path / "env" / a.cache_key() / "slice_00000.pt").is_file()
+    b = SliceEmbedder(litemedsam, small, "soft_tissue")
+    b.embed([0])
+    assert b.n_encoded == 0
+    SliceEmbedder(litemedsam, small, "soft_tissue", cache_dir=tmp_path / "own").embed([0])
+    assert (tmp_path / "own" / a.cache_key()).is_dir()
+    monkeypatch.delenv("MEDSAM_CACHE_DIR")
+    c = SliceEmbedder(litemedsam, small, "soft_tissue")
+    c.embed([0])
+    assert c.n_encoded == 1  # no disk cache without the variable
+
+
 def test_content_hash_sees_every_byte():
     a = np.zeros((3, 4, 5), np.int16)
     b = a.copy()

@@ -40,10 +40,12 @@ from medsam.io.dicom_header import (
     has_dicm_marker,
     is_dicom_file,
     read_header,
+    series_metadata,
 )
+from medsam.io.dicom_multiframe import read_multiframe
 from medsam.io.dicom_pixels import decode_file, read_pixels
 from medsam.io.formats import short_error
-from medsam.io.volume import SourceMetadata, Volume
+from medsam.io.volume import Volume
 
 __all__ = [
     "DicomGeometryWarning",
@@ -299,27 +301,6 @@ def _read_series(folder: Path, headers: list[Header], extra: dict) -> Volume:
     return vol
 
 
-def series_metadata(first: Header, headers: Sequence[Header], extra: dict) -> SourceMetadata:
-    """Source metadata of slices ``headers`` (ordered by ``k``); ``first`` supplies the rest."""
-    return SourceMetadata(
-        format="dicom",
-        series_uid=first.series_uid,
-        study_uid=first.study_uid,
-        frame_of_reference_uid=first.frame_of_reference_uid,
-        sop_class_uid=first.sop_class_uid,
-        sop_instance_uids=tuple(h.sop_instance_uid or "" for h in headers),
-        slice_files=tuple(str(h.path) for h in headers),
-        window_center=first.window_center,
-        window_width=first.window_width,
-        extra={
-            "transfer_syntax_uid": first.transfer_syntax_uid,
-            "photometric_interpretation": first.photometric,
-            "series_description": first.description,
-            **extra,
-        },
-    )
-
-
 # ----------------------------------------------------------- single files
 def read_dicom_file(path: Path, *, series_uid: str | None = None) -> Volume:
     """Read one DICOM file: a single slice, or a multi-frame (e.g. Enhanced CT/MR) volume.
@@ -358,7 +339,6 @@ def read_dicom_file(path: Path, *, series_uid: str | None = None) -> Volume:
     if series_uid is not None and h.series_key != series_uid:
         raise InputFileError(path, f"belongs to series {h.series_key}, not series_uid={series_uid}")
     if h.n_frames > 1:
-        from medsam.io.dicom_multiframe import read_multiframe
 
         return read_multiframe(path, ds, h)
     reader = sitk.ImageFileReader()

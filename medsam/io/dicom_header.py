@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from pydicom.uid import UID
+
+from medsam.io.volume import SourceMetadata
 
 __all__ = [
     "Header",
@@ -17,6 +20,7 @@ __all__ = [
     "describe_non_image",
     "first_float",
     "float_tuple",
+    "series_metadata",
 ]
 
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -207,3 +211,24 @@ def describe_non_image(h: Header) -> str:
     name = UID(h.sop_class_uid).name if h.sop_class_uid else "unknown SOP class"
     name = name.removesuffix(" Storage") if name else h.sop_class_uid
     return f"{h.modality or 'object'} ({name})"
+
+
+def series_metadata(first: Header, headers: Sequence[Header], extra: dict) -> SourceMetadata:
+    """Source metadata of slices ``headers`` (ordered by ``k``); ``first`` supplies the rest."""
+    return SourceMetadata(
+        format="dicom",
+        series_uid=first.series_uid,
+        study_uid=first.study_uid,
+        frame_of_reference_uid=first.frame_of_reference_uid,
+        sop_class_uid=first.sop_class_uid,
+        sop_instance_uids=tuple(h.sop_instance_uid or "" for h in headers),
+        slice_files=tuple(str(h.path) for h in headers),
+        window_center=first.window_center,
+        window_width=first.window_width,
+        extra={
+            "transfer_syntax_uid": first.transfer_syntax_uid,
+            "photometric_interpretation": first.photometric,
+            "series_description": first.description,
+            **extra,
+        },
+    )

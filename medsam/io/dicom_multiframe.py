@@ -19,9 +19,8 @@ import pydicom
 import SimpleITK as sitk
 
 from medsam.errors import InputFileError
-from medsam.io.dicom import series_metadata
 from medsam.io.dicom_geometry import order_slices, slice_axes
-from medsam.io.dicom_header import Header, first_float, float_tuple
+from medsam.io.dicom_header import Header, first_float, float_tuple, series_metadata
 from medsam.io.dicom_pixels import decode_file, output_dtype, shrink_dtype
 from medsam.io.formats import short_error
 from medsam.io.volume import Volume

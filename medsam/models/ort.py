@@ -10,8 +10,12 @@ encoder takes 0.38 s per slice here against 0.80 s in eager torch, and the mask 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
+import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -35,10 +39,40 @@ def ort_available() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _captured_output_fds():
+    """Send what C++ code writes to file descriptors 1 and 2 to a temporary file.
+
+    The TorchScript ONNX exporter prints the whole graph (over 1,000 lines) from C++ when
+    an export fails; that goes to the debug log, never to the user's terminal.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(sink.fileno(), fd)
+                except OSError:  # no such descriptor (an embedding host): nothing to capture
+                    pass
+            yield
+        finally:
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            if text.strip():
+                logger.debug("ONNX exporter output:\n%s", text)
+
+
 def _export(module: nn.Module, args: tuple, names: list[str], outputs: list[str], dynamic: dict) -> bytes:
     """``module`` traced in eval mode with ``args`` as ONNX bytes (its mode is restored)."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _captured_output_fds():
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape arithmetic
         torch.onnx.export(
             module, args, buffer, dynamo=False, opset_version=OPSET,

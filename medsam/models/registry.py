@@ -281,7 +281,7 @@ def load_model(
     model = model.to(target).eval()
     logger.info("loaded %s from %s on %s", spec.name, path, target)
     if adapter is not None:
-        from adapters.files import load_adapter  # needs the train extra (safetensors, peft)
+        from medsam.plugins import apply_adapter_file  # the adapters package provides it
 
-        load_adapter(model, adapter)
+        model = apply_adapter_file(model, adapter)
     return model

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -21,13 +19,14 @@ logger = logging.getLogger(__name__)
 
 
 def adapters_available() -> bool:
-    """Whether the optional ``adapters`` package with ``load_adapter`` is installed."""
+    """Whether an adapter loader (the ``adapters`` package, train extra) is installed."""
+    from medsam.plugins import adapter_loader
+
     try:
-        if importlib.util.find_spec("adapters") is None:
-            return False
-        return callable(getattr(importlib.import_module("adapters"), "load_adapter", None))
-    except ImportError:  # the package is there but one of its dependencies is not
+        adapter_loader()
+    except LookupError:
         return False
+    return True
 
 
 class SamNetworkOutput(NamedTuple):
@@ -97,8 +96,6 @@ class SamNetwork(nn.Module):
         self.model_name = model if isinstance(model, str) else model.name
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.adapter = None if adapter is None else str(adapter)
-        if adapter is not None and not adapters_available():
-            raise NotImplementedError("adapters arrive with the adapters package")
         if isinstance(model, str):
             model = load_model(model, checkpoint=checkpoint, device=device)
         elif isinstance(model, PromptableSam):
@@ -111,8 +108,9 @@ class SamNetwork(nn.Module):
         else:
             raise TypeError(f"model must be a registry name or a PromptableSam, not {type(model).__name__}")
         if adapter is not None:
-            adapters = importlib.import_module("adapters")
-            model = adapters.load_adapter(model, adapter)
+            from medsam.plugins import apply_adapter_file
+
+            model = apply_adapter_file(model, adapter)
             logger.info("applied adapter %s to %s", adapter, self.model_name)
         self.model: PromptableSam = model
 
