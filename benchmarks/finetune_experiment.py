@@ -46,6 +46,7 @@ from adapters.config import AdapterConfig, LoraSettings
 from adapters.datasets import Case
 from adapters.evaluate import EvalConfig, evaluate
 from adapters.train import TrainConfig, finetune
+from benchmarks.machine import describe_machine
 from medsam.prompt_sim import PromptSimConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nadapter: {result.last_adapter}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "speed": speed,
+        args.json.write_text(json.dumps({"machine": describe_machine(base.device),
+                                         "command": "python -m benchmarks.finetune_experiment "
+                                         + " ".join(argv if argv is not None else sys.argv[1:]),
+                                         "args": {k: str(v) for k, v in vars(args).items()}, "speed": speed,
                                          "history": result.history, "zero_shot": zero, "fine_tuned": tuned}, indent=1))
     return 0
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.machine import describe_machine
 
 DATA = Path(__file__).resolve().parents[1] / "sample_data" / "totalsegmentator"
 ORGANS = {"liver": 5, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "aorta": 52}
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": vp.model.name,
         "window": args.window,
         "config": asdict(cfg),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "device": str(vp.model.device)},
+        "machine": describe_machine(vp.model.device),
         "command": "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
         "results": results,
     }

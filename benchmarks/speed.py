@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from benchmarks.machine import describe_machine
 
 DATA = Path(__file__).resolve().parents[1] / "sample_data" / "totalsegmentator"
 OBJECTS = {"liver": 5, "spleen": 1, "aorta": 52}
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         device = args.device or "auto"
         with tempfile.TemporaryDirectory() as tmp:
             report = {"benchmark": "speed-streaming", "date": time.strftime("%Y-%m-%d"),
-                      "machine": _machine(torch.device("cpu" if device == "auto" else device)), "command": command,
+                      "machine": describe_machine(torch.device("cpu" if device == "auto" else device)), "command": command,
                       "streaming": bench_streaming(args.stream_slices, device, Path(tmp))}
         return _emit(report, args.json)
 
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "speed",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": _machine(device),
+        "machine": describe_machine(device),
         "model": model.name,
         "volume": {"shape": list(vol.grid_shape), "dtype": str(vol.array.dtype)},
         "command": command,
@@ -327,19 +328,6 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         report["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return _emit(report, args.json)
-
-
-def _machine(device: torch.device) -> dict:
-    caps = torch.cpu.get_capabilities()
-    return {
-        "platform": platform.platform(),
-        "cpu": caps.get("cpu_name"),
-        "cpus": torch.get_num_threads(),
-        "avx512_bf16": bool(caps.get("avx512_bf16")),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        "torch": torch.__version__,
-    }
 
 
 def _emit(report: dict, path: Path | None) -> int:

@@ -9,6 +9,8 @@ here, so the same behaviour is available from Python and testable without a GUI:
 * :func:`missing_embeddings` - which slices still need the encoder before segmenting.
 * :func:`ensure_object`, :func:`sync_object_prompts`, :func:`remove_object` - keep the
   session's prompts of one object equal to what the user currently has on screen.
+* :func:`absorb_label_edits` - turn the user's brush, eraser and fill edits of the label
+  map into mask prompts: an edited slice belongs to the user, and seeds propagation.
 * :func:`propagate_object` - propagate one object, only from the slices that changed.
 * :class:`LabelHistory` - commits of a label map, with undo and redo.
 
@@ -47,6 +49,7 @@ __all__ = [
     "ensure_object",
     "sync_object_prompts",
     "remove_object",
+    "absorb_label_edits",
     "propagate_object",
     "LabelHistory",
     "result_summary",
@@ -156,6 +159,11 @@ def _same_prompt(a: SlicePrompt | None, b: SlicePrompt | None) -> bool:
     return a.points == b.points and a.point_labels == b.point_labels and a.box == b.box
 
 
+def _is_painted(p: SlicePrompt | None) -> bool:
+    """A mask-only prompt: what the user painted on the label map."""
+    return p is not None and p.mask is not None and p.box is None and not p.points
+
+
 def sync_object_prompts(
     vp: VolumePredictor,
     label: int,
@@ -185,8 +193,8 @@ def sync_object_prompts(
     changed = []
     for k in sorted(set(obj.prompts) | set(wanted)):
         new, old = wanted.get(k), obj.prompts.get(k)
-        if _same_prompt(new, old):
-            continue
+        if _same_prompt(new, old) or (new is None and _is_painted(old)):
+            continue  # a painted slice is not on the prompt layers: it stays the user's
         changed.append(k)
         if new is None:
             vp.remove_prompt(k, obj.label)
@@ -209,6 +217,38 @@ def remove_object(vp: VolumePredictor, label: int) -> list[int]:
     slices = sorted(set(obj.results) | set(obj.prompts))
     vp.remove_object(obj.label)
     return slices
+
+
+def absorb_label_edits(vp: VolumePredictor, shown: np.ndarray, written: np.ndarray) -> dict[int, list[int]]:
+    """Make the user's edits of a label map part of the session, as mask prompts.
+
+    Parameters
+    ----------
+    shown:
+        ``(Z, Y, X)`` the label map as the user has it now (a napari labels layer after
+        brush, eraser or fill strokes).
+    written:
+        ``(Z, Y, X)`` the label map that medsam last wrote there.
+
+    Every voxel where the two differ is the user's. On each slice with such voxels, every
+    label they involve gets the user's mask of that slice as a mask prompt, which replaces
+    the object's box or points there (an empty mask where the user erased the object).
+    A prompted slice is never overwritten by propagation or re-propagation, and it seeds
+    propagation like any prompt. Labels without an object get one. Returns
+    ``{label: [slices]}`` of the masks taken over.
+    """
+    if shown.shape != written.shape:
+        raise ValueError(f"label map shapes differ: {shown.shape} vs {written.shape}")
+    taken: dict[int, list[int]] = {}
+    for k in np.nonzero((shown != written).reshape(shown.shape[0], -1).any(1))[0].tolist():
+        diff = shown[k] != written[k]
+        for label in np.unique(np.concatenate([shown[k][diff], written[k][diff]])).tolist():
+            if label == 0:
+                continue
+            ensure_object(vp, int(label))
+            vp.add_prompt(k, int(label), mask=shown[k] == label, clear=True)
+            taken.setdefault(int(label), []).append(k)
+    return taken
 
 
 # -------------------------------------------------------------------------- propagation

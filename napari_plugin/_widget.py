@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFileDialog, QWidget
@@ -62,6 +63,7 @@ class SamWidget(PromptsMixin, QWidget):
         self.image_layer: Image | None = None
         self.labels_layer = self.points_layer = self.shapes_layer = None
         self.undo_stack: LabelsUndo | None = None
+        self._written = None  # (Z, Y, X): what medsam last wrote into the labels layer
         self.objects: dict[int, dict[str, Any]] = {}  # label -> {"name", "color"}
         self.current_label: int | None = None
         self._stored_prompts: dict[int, dict[str, Any]] = {}  # prompts of the other objects
@@ -242,6 +244,7 @@ class SamWidget(PromptsMixin, QWidget):
         self.points_layer = wl.make_points_layer(image, volume, "prompt points (T: +/-)")
         self.shapes_layer = wl.make_shapes_layer(image, volume, "prompt boxes")
         self.undo_stack = LabelsUndo(self.labels_layer)
+        self._written = self.labels_layer.data.copy()
         for layer in (self.labels_layer, self.shapes_layer, self.points_layer):
             self.viewer.add_layer(layer)
             layer.bind_key("Control-Z", lambda _ly: self.undo(), overwrite=True)
@@ -258,6 +261,7 @@ class SamWidget(PromptsMixin, QWidget):
         label = self.current_label
         if self.session is None or label is None or "propagate" in self._jobs:
             return
+        self._absorb_edits()  # a painted slice is a prompt, and may be the only one
         obj = self.session.objects.get(label)
         if obj is None or not obj.prompts:
             show_warning("Add a box or points on a slice before propagating.")
@@ -303,19 +307,48 @@ class SamWidget(PromptsMixin, QWidget):
             self._embed_rest()
 
     # ---------------------------------------------------------- labels/history
+    def _absorb_edits(self) -> dict[int, list[int]]:
+        """Brush, eraser and fill edits since medsam last wrote the layer become mask prompts
+        (``session_ops.absorb_label_edits``): those slices are the user's from now on."""
+        if self.labels_layer is None or self.session is None or self._written is None:
+            return {}
+        data = self.labels_layer.data
+        if getattr(data, "shape", None) != self._written.shape:
+            return {}
+        taken = session_ops.absorb_label_edits(self.vp, np.asarray(data), self._written)
+        for label, ks in taken.items():
+            if self._changed.get(label) is not None:
+                self._changed[label].update(ks)  # re-propagate the stretches these slices own
+        if taken:
+            self._written = np.asarray(data).copy()
+        return taken
+
     def _commit(self, slices) -> list[int]:
-        """Write the session's label map into the labels layer (one undoable step)."""
+        """Write the session's label map into the labels layer (one undoable step).
+
+        The user's edits are taken into the session first, so a commit never overwrites them.
+        """
         if self.undo_stack is None or self.session is None:
             return []
-        return self.undo_stack.commit(self.vp.to_labels(), slices)
+        self._absorb_edits()
+        changed = self.undo_stack.commit(self.vp.to_labels(), slices)
+        self._written = np.asarray(self.labels_layer.data).copy()
+        return changed
+
+    def _after_history_step(self, restored: list[int]) -> list[int]:
+        # An undone/redone commit is medsam's writing again; an undone paint stroke is an
+        # edit like any other (found by the next _absorb_edits).
+        if restored and self._written is not None:
+            self._written[restored] = np.asarray(self.labels_layer.data)[restored]
+        return restored
 
     def undo(self) -> list[int]:
         """Undo the last change to the labels layer; returns the slices a commit restored."""
-        return [] if self.undo_stack is None else self.undo_stack.undo()
+        return [] if self.undo_stack is None else self._after_history_step(self.undo_stack.undo())
 
     def redo(self) -> list[int]:
         """Re-apply the last undone change; returns the slices written."""
-        return [] if self.undo_stack is None else self.undo_stack.redo()
+        return [] if self.undo_stack is None else self._after_history_step(self.undo_stack.redo())
 
     # ------------------------------------------------------------------ export
     def export(self, path: str | Path | None = None) -> str | None:

@@ -218,3 +218,64 @@ def test_objects_keep_their_prompts(make_napari_viewer, sample_data: Path) -> No
     assert widget.labels_layer.colormap.map(np.array([second]))[0][2] == 1.0  # cyan
     with pytest.raises(ValueError, match="already used"):
         widget.new_object("again", 7)
+
+
+def test_brush_edits_are_kept(make_napari_viewer, qtbot, sample_data: Path) -> None:
+    """A painted slice belongs to the user: propagating a second object and correcting the
+    first one elsewhere leave the painted voxels as painted, and the painted mask is a prompt."""
+    ct = sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    ref = load_volume(sample_data / "totalsegmentator" / "example_seg.nii.gz").array
+    viewer = make_napari_viewer()
+    [(data, kwargs, _)] = get_reader(str(ct))(str(ct))
+    image = viewer.add_image(data, **kwargs)
+    widget = SamWidget(viewer, device="cpu")
+    k, kp = 24, 20  # the liver's box slice, the slice the user paints
+    viewer.dims.set_point(0, image.data_to_world([k, 0, 0])[0])
+    widget.ui.name_edit.setText("liver")
+    widget.ui.label_spin.setValue(LIVER)
+    widget.prepare()
+    qtbot.waitUntil(lambda: widget.session is not None and widget.session.embedder.has(k), timeout=TIMEOUT_MS)
+    labels = widget.labels_layer
+    widget.shapes_layer.data = [box_rect(ref[k] == LIVER, k)]
+    qtbot.waitUntil(lambda: (labels.data[k] == LIVER).any(), timeout=TIMEOUT_MS)
+    widget.propagate()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert (labels.data[kp] == LIVER).any()
+
+    # Brush strokes on slice kp: liver painted outside the organ, and erased inside it.
+    viewer.dims.set_point(0, image.data_to_world([kp, 0, 0])[0])
+    liver = labels.data[kp] == LIVER
+    inside = np.unravel_index(ndi.distance_transform_edt(liver).argmax(), liver.shape)
+    outside = np.unravel_index(ndi.distance_transform_edt(~(ref[kp] > 0)).argmax(), liver.shape)
+    labels.brush_size = 5
+    labels.paint((kp, *outside), LIVER)
+    labels.paint((kp, *inside), 0)
+    painted = labels.data[kp].copy()
+    added, erased = (painted == LIVER) & ~liver, (painted == 0) & liver
+    assert added.sum() > 5 and erased.sum() > 5
+
+    # Propagate a second object: the painted slice is untouched.
+    ks = int(np.argmax((ref == SPLEEN).sum(axis=(1, 2))))
+    widget.new_object("spleen", SPLEEN)
+    widget.shapes_layer.data = [box_rect(ref[ks] == SPLEEN, ks)]
+    qtbot.waitUntil(lambda: (labels.data[ks] == SPLEEN).any(), timeout=TIMEOUT_MS)
+    widget.propagate()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert (labels.data == SPLEEN).any(axis=(1, 2)).sum() > 3
+    assert (labels.data[kp][added] == LIVER).all() and (labels.data[kp][erased] == 0).all()
+    prompt = widget.session.objects[LIVER].prompts[kp]
+    assert prompt.box is None and np.array_equal(prompt.mask, painted == LIVER)  # a mask prompt
+
+    # Correct the liver on another slice (a box) and propagate again: still untouched.
+    widget.select_object(LIVER)
+    kc = 27
+    viewer.dims.set_point(0, image.data_to_world([kc, 0, 0])[0])
+    widget.shapes_layer.add_rectangles(box_rect(ref[kc] == LIVER, kc))
+    qtbot.waitUntil(lambda: kc in widget.session.objects[LIVER].prompts, timeout=TIMEOUT_MS)
+    widget.propagate()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    np.testing.assert_array_equal(labels.data[kp] == LIVER, painted == LIVER)
+    assert (labels.data[kp][erased] == 0).all()
+    assert dice(labels.data == LIVER, ref == LIVER) > 0.8
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
