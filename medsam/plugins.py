@@ -53,8 +53,9 @@ def adapter_loader() -> Callable[[Any, Path], Any]:
 
     Raises
     ------
-    InputFileError
-        (from :func:`apply_adapter_file`) when none is installed or it cannot be imported.
+    LookupError
+        None is installed, or it cannot be imported (the message says why);
+        :func:`apply_adapter_file` turns this into a one-line ``InputFileError``.
     """
     loaders = _load(ADAPTER_LOADERS)
     usable = [fn for _, fn, _ in loaders if fn is not None]
