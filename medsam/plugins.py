@@ -58,11 +58,11 @@ def adapter_loader() -> Callable[[Any, Path], Any]:
         :func:`apply_adapter_file` turns this into a one-line ``InputFileError``.
     """
     loaders = _load(ADAPTER_LOADERS)
-    usable = [fn for _, fn, _ in loaders if fn is not None]
+    usable = [(name, fn) for name, fn, _ in loaders if fn is not None]
     if usable:
         if len(usable) > 1:
-            logger.warning("several adapter loaders are installed; using %s", loaders[0][0])
-        return usable[0]
+            logger.warning("several adapter loaders are installed; using %s", usable[0][0])
+        return usable[0][1]
     why = "; ".join(f"{name}: {err}" for name, _, err in loaders) or "no package provides one"
     raise LookupError(f"loading an adapter needs the fine-tuning extra (pip install 'medsam-monai[train]'): {why}")
 

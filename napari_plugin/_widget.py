@@ -319,9 +319,13 @@ class SamWidget(PromptsMixin, QWidget):
         for label, ks in taken.items():
             if self._changed.get(label) is not None:
                 self._changed[label].update(ks)  # re-propagate the stretches these slices own
-        if taken:
-            self._written = np.asarray(data).copy()
+        self._mark_written(sorted({k for ks in taken.values() for k in ks}))
         return taken
+
+    def _mark_written(self, slices: list[int]) -> None:
+        """What the layer now holds on ``slices`` is accounted for (in the session)."""
+        if slices:
+            self._written[slices] = np.asarray(self.labels_layer.data)[slices]
 
     def _commit(self, slices) -> list[int]:
         """Write the session's label map into the labels layer (one undoable step).
@@ -332,14 +336,14 @@ class SamWidget(PromptsMixin, QWidget):
             return []
         self._absorb_edits()
         changed = self.undo_stack.commit(self.vp.to_labels(), slices)
-        self._written = np.asarray(self.labels_layer.data).copy()
+        self._mark_written(changed)
         return changed
 
     def _after_history_step(self, restored: list[int]) -> list[int]:
         # An undone/redone commit is medsam's writing again; an undone paint stroke is an
         # edit like any other (found by the next _absorb_edits).
-        if restored and self._written is not None:
-            self._written[restored] = np.asarray(self.labels_layer.data)[restored]
+        if self._written is not None:
+            self._mark_written(restored)
         return restored
 
     def undo(self) -> list[int]:

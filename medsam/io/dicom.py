@@ -339,7 +339,6 @@ def read_dicom_file(path: Path, *, series_uid: str | None = None) -> Volume:
     if series_uid is not None and h.series_key != series_uid:
         raise InputFileError(path, f"belongs to series {h.series_key}, not series_uid={series_uid}")
     if h.n_frames > 1:
-
         return read_multiframe(path, ds, h)
     reader = sitk.ImageFileReader()
     reader.SetImageIO("GDCMImageIO")
