@@ -1,5 +1,6 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
-# Both create .venv when it is missing and install everything (Xvfb too, when run as root).
+# Both create .venv when it is missing and install everything (Xvfb, and dicom3tools'
+# dciodvfy for the DICOM SEG tests, too, when run as root).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.medsam-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 APT_PKGS := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-cursor0 \
 	libxcb-image0 libxcb-render-util0 libxcb-shape0 libxcb-randr0 libxcb-xkb1 \
-	libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1
+	libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1 dicom3tools
 
 .PHONY: demo test install sysdeps lint bench clean
 
@@ -23,11 +24,11 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 sysdeps:
-	@if command -v Xvfb >/dev/null 2>&1; then :; \
+	@if command -v Xvfb >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Xvfb and Qt's X libraries"; \
+		echo "installing Xvfb, Qt's X libraries and dicom3tools"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PKGS); \
-	else echo "warning: Xvfb is missing; install: $(APT_PKGS)"; fi
+	else echo "warning: Xvfb or dciodvfy is missing; install: $(APT_PKGS)"; fi
 
 demo: $(STAMP)
 	$(PY) -m medsam.demo --out out --overwrite

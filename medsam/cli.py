@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from medsam import __version__
-from medsam.errors import MedsamError, PromptError
+from medsam.errors import InputFileError, MedsamError, PromptError
 from medsam.inference import BACKENDS, InferenceConfig
 
-__all__ = ["main", "build_parser", "sidecar_path"]
+__all__ = ["main", "build_parser", "sidecar_path", "measurements_path"]
 
 logger = logging.getLogger("medsam.cli")
 
@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     seg.add_argument("input", type=Path, help="DICOM folder/file, NIfTI, NRRD, MHA or PNG/JPEG/TIFF")
-    seg.add_argument("-o", "--output", type=Path, required=True, help="label map: .nii.gz, .nii, .nrrd or .mha")
+    seg.add_argument(
+        "-o", "--output", type=Path, required=True,
+        help="label map: .nii.gz, .nii, .nrrd, .mha, or .dcm (DICOM SEG, for DICOM input)",
+    )
     seg.add_argument("--prompts", type=Path, help="prompts JSON file (see README)")
     seg.add_argument("--box", action="append", default=[], metavar="K:X0,Y0,X1,Y1")
     seg.add_argument("--point", action="append", default=[], metavar="K:X,Y[,L]")
@@ -72,8 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16 is faster on CPUs/GPUs with native bf16 but approximate (torch backends only)",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    seg.add_argument(
+        "--anonymize", action="store_true",
+        help="DICOM SEG output: pseudonymise patient and study identity (consistent hashes)",
+    )
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
+
+    meas = sub.add_parser(
+        "measure",
+        help="measure every object of a label map: mL, surface, diameters, RECIST axes, HU",
+        description="Measurements in world mm on the image grid (see README, Clinical outputs).",
+    )
+    meas.add_argument("labels", type=Path, help="label map (.nii.gz, .nrrd, .mha) or DICOM SEG (.dcm)")
+    meas.add_argument("--image", type=Path, help="the source image (required for a DICOM SEG; gives HU for CT)")
+    meas.add_argument("-o", "--output", type=Path, help="write the table as CSV")
+    meas.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    meas.set_defaults(func=cmd_measure)
 
     models = sub.add_parser("models", help="list the models in the registry")
     models.set_defaults(func=cmd_models)
@@ -112,15 +130,19 @@ def _prompt_set(args: argparse.Namespace, volume) -> Any:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from medsam.io import load_volume
-    from medsam.io.save import check_mask_path
+    from medsam.io.save import check_mask_format, check_mask_path
 
     t0 = time.perf_counter()
     # Everything a user can get wrong is checked before the model is loaded.
     inference = InferenceConfig(backend=args.backend, precision=args.precision)
     out = check_mask_path(args.output, overwrite=args.overwrite)
-    # A sidecar without its mask is stale (the mask is checked above): it is replaced.
+    if args.anonymize and not out.name.lower().endswith(".dcm"):
+        raise InputFileError(out, "--anonymize applies to DICOM SEG (.dcm) output only")
+    # A sidecar (or measurements table) without its mask is stale (the mask is checked above):
+    # it is replaced.
     side = sidecar_path(out)
     volume = load_volume(args.input, series_uid=args.series_uid)
+    check_mask_format(out, volume)
     prompts = _prompt_set(args, volume)
     from medsam.intensity import resolve_window
 
@@ -158,8 +180,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
         bar.close()
     model_name, weights_id = vp.model.name, vp.model.weights_id
     vp.close()  # the embeddings (2 GB for 1000 slices) are not needed to write the result
-    save_mask(result.labels, volume, out, overwrite=args.overwrite)
     rows = summarize(result, volume)
+    from medsam.measure import measure_labels, measurements_csv
+
+    measurements = measure_labels(result.labels, volume, names={int(r["label"]): r["name"] for r in rows})
+    from medsam.io.dicom_seg import AlgorithmInfo
+
+    algorithm = AlgorithmInfo(model=model_name, adapter=args.adapter.name if args.adapter else "")
+    names = {int(r["label"]): r["name"] for r in rows}
+    save_mask(
+        result.labels, volume, out, overwrite=args.overwrite, names=names, algorithm=algorithm,
+        anonymize=args.anonymize,
+    )
     sidecar = {
         "medsam_version": __version__,
         "input": str(args.input),
@@ -169,12 +201,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         "inference": {"backend": engine.backend, "precision": args.precision, "device": str(vp.model.device)},
         "window": {"name": result.window.name, "low": result.window.low, "high": result.window.high},
         "objects": rows,
+        "measurements": [m.as_dict() for m in measurements],
         "confidence": result.confidence,
         "seconds": round(result.seconds, 3),
     }
     from medsam.atomic import atomic_write_text
 
     atomic_write_text(side, json.dumps(sidecar, indent=1))
+    atomic_write_text(measurements_path(out), measurements_csv(measurements))
     total = time.perf_counter() - t0
     for r in rows:
         span = f"slices {r['slices'][0]}-{r['slices'][1]}" if r["slices"] else "no slices"
@@ -182,7 +216,65 @@ def cmd_segment(args: argparse.Namespace) -> int:
             f"{r['label']:>3} {r['name']:<20} {span:<18} {r['n_slices']:>4} slices "
             f"{r['voxels']:>9} voxels {r['volume_ml']:>9.2f} mL"
         )
-    print(f"wrote {out} and {side} ({len(rows)} objects, {total:.1f} s)")
+    print(f"wrote {out}, {side.name} and {measurements_path(out).name} ({len(rows)} objects, {total:.1f} s)")
+    return 0
+
+
+def measurements_path(output: Path) -> Path:
+    """``liver.nii.gz`` -> ``liver.nii.gz.measurements.csv``."""
+    return output.with_name(output.name + ".measurements.csv")
+
+
+def _print_measurements(rows) -> None:
+    for m in rows:
+        hu = f" HU {m.hu['mean']:.0f}±{m.hu['std']:.0f}" if m.hu else ""
+        print(
+            f"{m.label:>3} {m.name:<20} {m.volume_ml:>9.2f} mL {m.surface_mm2:>9.0f} mm² "
+            f"max {m.max_diameter_mm:6.1f} mm  RECIST {m.long_axis_mm:5.1f} x {m.short_axis_mm:5.1f} mm "
+            f"(slice {m.long_axis_slice}){hu}"
+        )
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from medsam.atomic import atomic_write_text
+    from medsam.errors import OutputExistsError
+    from medsam.io import load_volume
+    from medsam.io.resample import resample_labels_to
+    from medsam.measure import measure_labels, measurements_csv
+
+    if args.output is not None and args.output.exists() and not args.overwrite:
+        raise OutputExistsError(args.output)
+    image = load_volume(args.image) if args.image is not None else None
+    names: dict[int, str] = {}
+    if args.labels.name.lower().endswith(".dcm"):
+        from medsam.io.dicom_seg import load_segmentation
+
+        if image is None:
+            raise InputFileError(args.labels, "a DICOM SEG needs --image, the series it segments")
+        seg = load_segmentation(args.labels, image)
+        labels, names = seg.labels, seg.label_names
+    else:
+        lab = load_volume(args.labels)
+        if not np.issubdtype(lab.array.dtype, np.integer) or lab.is_rgb:
+            raise InputFileError(args.labels, f"is not a label map (voxels are {lab.array.dtype})")
+        if image is None:
+            image = lab
+        elif not lab.same_geometry(image):
+            logger.warning("%s: not on the grid of %s; labels resampled onto it (nearest)", args.labels, args.image)
+        labels = resample_labels_to(lab, image)
+        side = sidecar_path(args.labels)
+        if side.is_file():  # names from the sidecar that medsam segment wrote
+            try:
+                names = {int(o["label"]): str(o["name"]) for o in json.loads(side.read_text())["objects"]}
+            except (ValueError, KeyError, TypeError):
+                logger.warning("%s: not a medsam sidecar; objects are unnamed", side)
+    rows = measure_labels(labels, image, names=names)
+    _print_measurements(rows)
+    if args.output is not None:
+        atomic_write_text(args.output, measurements_csv(rows))
+        print(f"wrote {args.output} ({len(rows)} objects)")
     return 0
 
 

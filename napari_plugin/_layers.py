@@ -30,6 +30,7 @@ from medsam.prompts import SlicePrompt
 __all__ = [
     "VOLUME_KEY",
     "GEOMETRY_KEY",
+    "LABEL_NAMES_KEY",
     "napari_transform",
     "transform_kwargs",
     "image_layer_data",
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 VOLUME_KEY = "medsam_volume"
 #: ``layer.metadata`` key of the plain geometry (spacing, origin, direction, ...).
 GEOMETRY_KEY = "medsam_geometry"
+#: Layer metadata key of ``{label: name}`` (a DICOM SEG opened by the reader; the SEG writer uses it).
+LABEL_NAMES_KEY = "medsam_label_names"
 
 #: Point prompt categories (the ``prompt`` feature of the widget's Points layer).
 POSITIVE, NEGATIVE = "positive", "negative"

@@ -1,4 +1,5 @@
-"""npe2 reader: DICOM series folders and files, NIfTI, NRRD and MetaImage via ``load_volume``.
+"""npe2 reader: DICOM series folders and files, NIfTI, NRRD and MetaImage via ``load_volume``,
+and DICOM SEG files, which open as a labels layer on top of the series they reference.
 
 ``get_reader`` reads the input once with :func:`medsam.io.load_volume` and returns a
 function that hands napari the already-loaded volume, or ``None`` for anything
@@ -21,9 +22,9 @@ from typing import Any
 
 from medsam.errors import MedsamError
 
-from ._layers import image_layer_data
+from ._layers import LABEL_NAMES_KEY, image_layer_data, labels_layer_data
 
-__all__ = ["get_reader", "read_volume"]
+__all__ = ["get_reader", "read_volume", "read_segmentation"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,11 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | 
         return None
     try:
         from medsam.io import load_volume
+        from medsam.io.dicom_seg import is_dicom_seg
 
+        if p.is_file() and is_dicom_seg(p):
+            layers = read_segmentation(p)
+            return lambda _path=None: layers
         volume = load_volume(p)
     except MedsamError as exc:
         logger.debug("medsam reader declines %s: %s", p, exc)
@@ -63,6 +68,27 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | 
         return [image_layer_data(volume)]
 
     return reader
+
+
+def read_segmentation(path: str | os.PathLike) -> list[LayerData]:
+    """A DICOM SEG and the series it references (found beside it): image and labels layers.
+
+    The labels layer holds the segments as a label map (where segments overlap, the later
+    one wins, and a warning says so), named ``"<SEG name> (<segment names>)"``; its metadata
+    has the segment names under ``LABEL_NAMES_KEY``.
+    """
+    from medsam.io import load_volume
+    from medsam.io.dicom_seg import find_source_series, load_segmentation
+
+    folder, uid = find_source_series(path)
+    volume = load_volume(folder, series_uid=uid)
+    seg = load_segmentation(path, volume)
+    if seg.overlapping:
+        logger.warning("%s: segments overlap; the labels layer shows the later one where they do", path)
+    name = f"{Path(path).name} ({', '.join(seg.names)})"
+    data, kwargs, kind = labels_layer_data(seg.labels, volume, name)
+    kwargs["metadata"][LABEL_NAMES_KEY] = seg.label_names
+    return [image_layer_data(volume), (data, kwargs, kind)]
 
 
 def read_volume(path: str | os.PathLike) -> list[LayerData]:

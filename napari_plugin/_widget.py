@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QFileDialog, QWidget
 
 from medsam import session_ops
 from medsam.errors import MedsamError
 from medsam.intensity import resolve_window
+from medsam.io.dicom_seg import AlgorithmInfo
 from medsam.models import list_models
 
 from . import _widget_layers as wl
@@ -251,6 +253,9 @@ class SamWidget(PromptsMixin, QWidget):
             layer.bind_key("Control-Shift-Z", lambda _ly: self.redo(), overwrite=True)
         self.points_layer.bind_key("T", lambda _ly: self.toggle_point_type(), overwrite=True)
         self.points_layer.events.data.connect(self._on_prompts_changed)
+        self.labels_layer.events.paint.connect(self._schedule_measure)
+        self.labels_layer.events.data.connect(self._schedule_measure)
+        self.ui.measure_table.timer.timeout.connect(self.update_measurements)
         self.shapes_layer.events.data.connect(self._on_prompts_changed)
         self.points_layer.mode = "add"
         self.viewer.layers.selection.active = self.points_layer
@@ -337,13 +342,28 @@ class SamWidget(PromptsMixin, QWidget):
         self._absorb_edits()
         changed = self.undo_stack.commit(self.vp.to_labels(), slices)
         self._mark_written(changed)
+        if changed:
+            self._schedule_measure()
         return changed
+
+    # ------------------------------------------------------------ measurements
+    def _schedule_measure(self, *_: Any) -> None:
+        self.ui.measure_table.timer.start()  # restarts: measures once the labels are still
+
+    def update_measurements(self) -> list:
+        """Measure every object now (volume in mL or area in mm², RECIST axes, HU mean) and
+        show the table; returns :class:`medsam.measure.ObjectMeasurements` rows."""
+        if self.labels_layer is None or self.volume is None:
+            return []
+        names = {label: o["name"] for label, o in self.objects.items()}
+        return self.ui.measure_table.measure(np.asarray(self.labels_layer.data), self.volume, names)
 
     def _after_history_step(self, restored: list[int]) -> list[int]:
         # An undone/redone commit is medsam's writing again; an undone paint stroke is an
         # edit like any other (found by the next _absorb_edits).
         if self._written is not None:
             self._mark_written(restored)
+        self._schedule_measure()
         return restored
 
     def undo(self) -> list[int]:
@@ -356,7 +376,8 @@ class SamWidget(PromptsMixin, QWidget):
 
     # ------------------------------------------------------------------ export
     def export(self, path: str | Path | None = None) -> str | None:
-        """Save the labels layer with the source geometry (NIfTI, NRRD or MetaImage).
+        """Save the labels layer with the source geometry (NIfTI, NRRD, MetaImage, or a DICOM
+        SEG with one named, coloured segment per object for a DICOM source).
 
         Without ``path`` a save dialog asks (and confirms replacing an existing file, so
         the file is overwritten); a ``path`` given in code is never overwritten.
@@ -367,18 +388,27 @@ class SamWidget(PromptsMixin, QWidget):
         overwrite = False
         if path is None:
             start = str(Path(self.volume.source).parent) if self.volume.source else ""
-            path, _ = QFileDialog.getSaveFileName(
-                self, "Export segmentation", start,
-                "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)",
-            )
+            filters = "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)"
+            if self.volume.meta.format == "dicom":
+                filters = "DICOM SEG (*.dcm);;" + filters
+            path, _ = QFileDialog.getSaveFileName(self, "Export segmentation", start, filters)
             if not path:
                 return None
             overwrite = True  # the dialog has just confirmed replacing an existing file
         _, meta, _ = self.labels_layer.as_layer_data_tuple()
+        names = {label: o["name"] for label, o in self.objects.items()}
+        colors = {label: tuple(QColor(o["color"]).getRgb()[:3]) for label, o in self.objects.items()}
+        model, _checkpoint, adapter = self._vp_key if self._vp_key else ("", "", "")
+        algorithm = AlgorithmInfo(model=model, adapter=Path(adapter).name if adapter else "")
         try:
-            out = save_labels(path, self.labels_layer.data, meta, overwrite=overwrite)
-        except (MedsamError, OSError, ValueError) as exc:
-            show_error(str(exc))
+            out = save_labels(
+                path, self.labels_layer.data, meta, overwrite=overwrite, names=names, colors=colors,
+                algorithm=algorithm,
+            )
+        except (MedsamError, OSError, ValueError, TypeError) as exc:
+            logger.debug("export to %s failed", path, exc_info=True)
+            show_error(f"Export failed: {exc}")
+            self.ui.status(f"Export failed: {exc}")
             return None
         show_info(f"medsam: saved {out}")
         self.ui.status(f"Saved {out}")

@@ -117,6 +117,7 @@ class PromptsMixin:
             self.labels_layer.colormap = wl.labels_colormap({k: v["color"] for k, v in self.objects.items()})
         self.select_object(label)
         self.ui.after_new_object(max(self.objects) + 1)
+        self._schedule_measure()
         return label
 
     def select_object(self, label: int) -> None:
@@ -162,3 +163,4 @@ class PromptsMixin:
             self.select_object(next(iter(self.objects)))
         else:
             self.new_object()
+        self._schedule_measure()

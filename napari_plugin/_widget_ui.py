@@ -22,6 +22,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._widget_measure import MeasurementsTable
+
 __all__ = ["SamWidgetUI"]
 
 
@@ -112,6 +114,12 @@ class SamWidgetUI:
         rform.addWidget(self.export_btn)
         rform.addWidget(self.confidence_label)
         root.addWidget(run)
+
+        measured = QGroupBox("4. Measurements")
+        mform = QVBoxLayout(measured)
+        self.measure_table = MeasurementsTable()
+        mform.addWidget(self.measure_table)
+        root.addWidget(measured)
 
         bar = QHBoxLayout()
         self.progress_bar = QProgressBar()

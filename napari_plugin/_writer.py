@@ -1,4 +1,4 @@
-"""npe2 writer: a labels layer to NIfTI, NRRD or MetaImage with the source image's geometry.
+"""npe2 writer: a labels layer to NIfTI, NRRD, MetaImage or DICOM SEG with the source geometry.
 
 The geometry comes from the labels layer's ``metadata`` (the source
 :class:`~medsam.io.Volume` that the reader, the sample data and the widget put there), so
@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from medsam.io import save_mask
+from medsam.io.dicom_seg import AlgorithmInfo
 
-from ._layers import geometry_from_layer_state
+from ._layers import LABEL_NAMES_KEY, geometry_from_layer_state
 
 __all__ = ["write_labels", "save_labels"]
 
@@ -33,10 +34,20 @@ logger = logging.getLogger(__name__)
 
 
 def save_labels(
-    path: str | os.PathLike, data: Any, meta: dict[str, Any], *, overwrite: bool = False
+    path: str | os.PathLike,
+    data: Any,
+    meta: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    names: dict[int, str] | None = None,
+    colors: dict[int, tuple[int, int, int]] | None = None,
+    algorithm: AlgorithmInfo | None = None,
 ) -> str:
     """Write labels ``data`` ``(Z, Y, X)`` with the geometry found in ``meta`` (a layer's
-    state: ``metadata``, ``scale``, ``translate``, ``affine``). Returns the written path."""
+    state: ``metadata``, ``scale``, ``translate``, ``affine``). Returns the written path.
+
+    A ``.dcm`` path writes a DICOM SEG on the source series (DICOM sources only), with
+    ``names`` and ``colors`` per label and the ``algorithm`` that made them."""
     labels = np.asarray(data)
     like, source = geometry_from_layer_state(meta, labels.shape)
     if source != "metadata":
@@ -51,10 +62,18 @@ def save_labels(
             show_warning(msg)
         except Exception:  # noqa: BLE001 - notifications are best effort
             pass
-    out = save_mask(labels, like, path, overwrite=overwrite)
+    from medsam.io.save import check_mask_format
+
+    check_mask_format(path, like)
+    out = save_mask(
+        labels, like, path, overwrite=overwrite, names=names, colors=colors, algorithm=algorithm
+    )
     return str(out)
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """npe2 single-layer writer for labels; never overwrites an existing file."""
-    return [save_labels(path, data, meta, overwrite=False)]
+    """npe2 single-layer writer for labels; never overwrites an existing file. A DICOM SEG
+    takes its segment names from ``metadata["medsam_label_names"]`` (a SEG opened by the
+    reader has them)."""
+    names = (meta.get("metadata") or {}).get(LABEL_NAMES_KEY)
+    return [save_labels(path, data, meta, overwrite=False, names=names)]

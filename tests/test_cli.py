@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -52,6 +54,21 @@ def test_segment_box_writes_mask_with_input_geometry_and_sidecar(ct_file, tmp_pa
     assert side["inference"] == {"backend": "onnxruntime", "precision": "fp32", "device": "cpu"}
     assert sorted(side["confidence"]["1"]["slices"], key=int) == [str(k) for k in range(6)]
     assert side["objects"][0]["volume_ml"] == pytest.approx((labels == 1).sum() * 27 / 1000, rel=1e-3)
+
+    # measurements beside the mask, in the sidecar, and again from `medsam measure`
+    table = (tmp_path / "liver.nii.gz.measurements.csv").read_text()
+    [row] = list(csv.DictReader(io.StringIO(table)))
+    image = load_volume(ct)
+    assert row["name"] == "liver" and float(row["volume_ml"]) == pytest.approx(side["objects"][0]["volume_ml"], abs=0.01)
+    assert float(row["hu_mean"]) == pytest.approx(image.array[labels == 1].mean(), abs=0.05)
+    assert float(row["hu_mean"]) == pytest.approx(image.array[ref].mean(), abs=5)  # the reference liver's HU
+    assert side["measurements"][0]["long_axis_mm"] == pytest.approx(float(row["long_axis_mm"]), abs=0.01)
+    capsys.readouterr()
+    assert main(["measure", str(out), "--image", str(ct), "-o", str(tmp_path / "m.csv")]) == 0
+    assert (tmp_path / "m.csv").read_text() == table
+    assert "liver" in capsys.readouterr().out
+    assert main(["measure", str(out), "--image", str(ct), "-o", str(tmp_path / "m.csv")]) == 2  # no overwrite
+    assert "already exists" in capsys.readouterr().err
 
     # a second run refuses to overwrite (exit 2) and leaves the file as it was
     before = out.read_bytes()

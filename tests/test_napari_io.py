@@ -170,3 +170,120 @@ def test_contributions_in_a_viewer(make_napari_viewer, ct_path: Path, tmp_path: 
     np.testing.assert_allclose(nib.load(out).affine, nib.load(ct_path).affine, atol=1e-4)
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment Anything")
     assert widget.ui.image_combo.count() == 2  # the two CTs
+
+
+def test_dicom_seg_opens_on_its_series_and_saves_back(make_napari_viewer, sample_data: Path, tmp_path: Path) -> None:
+    """A SEG file opens as a labels layer on top of the series it references; the npe2 writer
+    saves it back as a SEG with the same segments."""
+    import SimpleITK as sitk
+
+    from medsam.io.dicom_seg import load_segmentation
+
+    seg_path = sample_data / "dcmqi_ct3slice" / "dicom_seg" / "liver_seg_pydicom-data.dcm"
+    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_data / "dcmqi_ct3slice" / "liver_seg.nrrd")))
+    viewer = make_napari_viewer()
+    image, labels = viewer.open(str(seg_path), plugin=PLUGIN)
+    assert image.data.shape == labels.data.shape == (3, 512, 512)
+    np.testing.assert_array_equal(labels.data, liver)
+    assert labels.name == "liver_seg_pydicom-data.dcm (Liver)"
+    # on top of its series: the same world placement, LPS mm
+    np.testing.assert_allclose(labels.data_to_world([2, 10, 20]), image.data_to_world([2, 10, 20]))
+    ct = image.metadata[VOLUME_KEY]
+    assert ct.meta.series_uid == load_volume(sample_data / "dcmqi_ct3slice" / "ct-3slice").meta.series_uid
+
+    out = tmp_path / "resaved.dcm"
+    viewer.layers.selection.active = labels
+    assert viewer.layers.save(str(out), selected=True, plugin=PLUGIN) == [str(out)]
+    back = load_segmentation(out, ct)
+    np.testing.assert_array_equal(back.labels, liver)
+    assert back.names == ("Liver",)
+
+
+def test_widget_exports_dicom_seg_and_reports_a_failed_export(
+    make_napari_viewer, qtbot, sample_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Export writes one named, coloured segment per object; a failed export says so, not
+    'Saved'. The measurements table follows the labels."""
+    import SimpleITK as sitk
+
+    from medsam.io.dicom_seg import load_segmentation
+    from napari_plugin._widget import SamWidget
+
+    folder = sample_data / "dcmqi_ct3slice" / "ct-3slice"
+    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_data / "dcmqi_ct3slice" / "liver_seg.nrrd")))
+    viewer = make_napari_viewer()
+    [(data, kwargs, _)] = get_reader(str(folder))(str(folder))
+    image = viewer.add_image(data, **kwargs)
+    widget = SamWidget(viewer, device="cpu")
+    widget._make_layers(image, kwargs["metadata"][VOLUME_KEY])
+    widget.volume = kwargs["metadata"][VOLUME_KEY]
+    widget.new_object("liver", 1, "#00ff00")
+    widget.labels_layer.data = liver.astype(widget.labels_layer.data.dtype)
+    # the measurements table: the liver's mL, and again after a brush stroke
+    vol = widget.volume
+    voxel_ml = float(np.prod(vol.spacing)) / 1000
+    qtbot.waitUntil(lambda: widget.ui.measure_table.rowCount() == 1, timeout=5000)
+    [[name, size, long_axis, short_axis, hu]] = widget.ui.measure_table.text()
+    assert name == "1: liver" and size == f"{liver.sum() * voxel_ml:.2f} mL"
+    assert 150 < float(long_axis) < 300 and 0 < float(short_axis) < float(long_axis) and 20 < float(hu) < 150
+    widget.labels_layer.brush_size = 9
+    widget.labels_layer.paint((1, 20, 20), 1)  # outside the liver
+    painted = int((np.asarray(widget.labels_layer.data) == 1).sum())
+    assert painted > liver.sum()
+    qtbot.waitUntil(lambda: widget.ui.measure_table.text()[0][1] == f"{painted * voxel_ml:.2f} mL", timeout=5000)
+    widget.labels_layer.data = liver.astype(widget.labels_layer.data.dtype)
+    qtbot.waitUntil(lambda: widget.ui.measure_table.text()[0][1] == f"{liver.sum() * voxel_ml:.2f} mL", timeout=5000)
+
+    out = tmp_path / "liver.dcm"
+    monkeypatch.setattr("napari_plugin._widget.QFileDialog.getSaveFileName", lambda *a, **k: (str(out), ""))
+    assert widget.export() == str(out)
+    assert widget.ui.status_label.text() == f"Saved {out}"
+    seg = load_segmentation(out, widget.volume)
+    np.testing.assert_array_equal(seg.labels, liver)
+    assert seg.names == ("liver",)
+    import highdicom as hd
+    import pydicom
+
+    lab = pydicom.dcmread(out).SegmentSequence[0].RecommendedDisplayCIELabValue
+    assert hd.color.CIELabColor.from_dicom_value(tuple(lab)).to_rgb() == (0, 255, 0)
+
+    # The same labels on a NIfTI image cannot become a SEG: the error is shown, nothing is written.
+    ct = sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    [(data2, kwargs2, _)] = get_reader(str(ct))(str(ct))
+    image2 = viewer.add_image(data2, **kwargs2)
+    widget2 = SamWidget(viewer, device="cpu")
+    widget2._make_layers(image2, kwargs2["metadata"][VOLUME_KEY])
+    widget2.volume = kwargs2["metadata"][VOLUME_KEY]
+    bad = tmp_path / "nifti.dcm"
+    monkeypatch.setattr("napari_plugin._widget.QFileDialog.getSaveFileName", lambda *a, **k: (str(bad), ""))
+    assert widget2.export() is None
+    assert widget2.ui.status_label.text().startswith("Export failed:")
+    assert "needs a DICOM source series" in widget2.ui.status_label.text()
+    assert not bad.exists()
+
+
+def test_widget_measures_area_on_a_2d_image(make_napari_viewer, qtbot, sample_data: Path, tmp_path: Path) -> None:
+    """A one-slice image: the table shows the area in mm²."""
+    import SimpleITK as sitk
+
+    from napari_plugin._widget import SamWidget
+
+    img = sitk.ReadImage(str(sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"))
+    path = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(img[:, :, 24:25], str(path))
+    viewer = make_napari_viewer()
+    [(data, kwargs, _)] = get_reader(str(path))(str(path))
+    image = viewer.add_image(data, **kwargs)
+    widget = SamWidget(viewer, device="cpu")
+    vol = kwargs["metadata"][VOLUME_KEY]
+    widget._make_layers(image, vol)
+    widget.volume = vol
+    widget.new_object("spot", 2)
+    labels = np.zeros(vol.grid_shape, widget.labels_layer.data.dtype)
+    labels[0, 40:50, 30:45] = 2  # 10 x 15 pixels
+    widget.labels_layer.data = labels
+    sx, sy, _ = vol.spacing
+    qtbot.waitUntil(lambda: widget.ui.measure_table.rowCount() == 1, timeout=5000)
+    qtbot.waitUntil(lambda: widget.ui.measure_table.text()[0][1] == f"{150 * sx * sy:.1f} mm²", timeout=5000)
+    long_axis = float(widget.ui.measure_table.text()[0][2])
+    assert abs(long_axis - np.hypot(15 * sx, 10 * sy)) <= max(sx, sy)  # the diagonal

@@ -164,6 +164,12 @@ def test_widget_user_session(make_napari_viewer, qtbot, sample_data: Path, tmp_p
     np.testing.assert_array_equal(final == LIVER, (corrected == LIVER) & (final != SPLEEN))
     widget.select_object(LIVER)
 
+    # The measurements table follows the propagation: each object's mL on the source grid.
+    voxel_ml = float(np.prod(image.metadata["medsam_volume"].spacing)) / 1000
+    want = {f"{LIVER}: liver": f"{(final == LIVER).sum() * voxel_ml:.2f} mL",
+            f"{SPLEEN}: spleen": f"{(final == SPLEEN).sum() * voxel_ml:.2f} mL"}
+    qtbot.waitUntil(lambda: {r[0]: r[1] for r in widget.ui.measure_table.text()} == want, timeout=10_000)
+
     # Screenshot of the whole window with the widget docked, for the README.
     viewer.dims.set_point(0, image.data_to_world([k, 0, 0])[0])
     _close_notifications(viewer)

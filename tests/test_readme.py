@@ -101,6 +101,19 @@ def _reference(ref_path: Path, grid) -> np.ndarray:
     return getattr(out, "array", out)
 
 
+def _label_file(path: Path, ws: Path):
+    """``(grid volume, label array)`` of a label-map file or of a DICOM SEG, which is read
+    onto the series it references (searched for in the sample data)."""
+    if path.suffix != ".dcm":
+        out = load_volume(path)
+        return out, out.array
+    from medsam.io.dicom_seg import find_source_series, load_segmentation
+
+    folder, uid = find_source_series(path, search=[ws / "sample_data"])
+    series = load_volume(folder, series_uid=uid)
+    return series, load_segmentation(path, series).labels
+
+
 def _csv_dice(path: Path, organ: str) -> float:
     """The Dice of ``organ`` in a metrics CSV: the bundle's (one row per case and label, by
     ``name``) or ``medsam evaluate``'s (its ``ALL`` row, by ``structure``)."""
@@ -120,9 +133,9 @@ def check_expectations(block: Block, ws: Path, namespace: dict) -> list[str]:
         want = float(m["dice"])
         if m["target"].endswith(".csv"):  # a metrics table that the example wrote
             got = _csv_dice(ws / m["target"], m["organ"])
-        elif m["a"] is not None:  # a label-map file
-            out = load_volume(ws / m["target"])
-            pred = out.array == int(m["a"])
+        elif m["a"] is not None:  # a label-map file, or a DICOM SEG on a series of the sample data
+            out, labels = _label_file(ws / m["target"], ws)
+            pred = labels == int(m["a"])
             ref = _reference(ws / m["ref"], out) == int(m["b"])
             if m["k0"] is not None:
                 k0, k1 = int(m["k0"]), int(m["k1"] or m["k0"])

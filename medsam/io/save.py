@@ -3,13 +3,16 @@
 NIfTI, NRRD and MetaImage files are written by SimpleITK from the ``Volume``'s LPS
 geometry. For NIfTI, ITK stores the same voxel-to-RAS affine in both the qform and the
 sform (codes 1, scanner), so a mask of an image read from NIfTI has that image's affine.
+A ``.dcm`` output is a DICOM SEG on the source series (:mod:`medsam.io.dicom_seg`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,12 +22,16 @@ from medsam.errors import InputFileError, OutputExistsError
 from medsam.io.formats import short_error
 from medsam.io.volume import Volume
 
-__all__ = ["save_mask", "check_mask_path", "MASK_FORMATS"]
+if TYPE_CHECKING:
+    from medsam.io.dicom_seg import AlgorithmInfo
+
+__all__ = ["save_mask", "check_mask_path", "check_mask_format", "MASK_FORMATS"]
 
 logger = logging.getLogger(__name__)
 
 #: File name endings :func:`save_mask` writes, and whether the file is compressed.
-MASK_FORMATS: dict[str, bool] = {".nii.gz": True, ".nii": False, ".nrrd": True, ".mha": True}
+#: ``.dcm`` is a DICOM SEG (:mod:`medsam.io.dicom_seg`), for DICOM sources only.
+MASK_FORMATS: dict[str, bool] = {".nii.gz": True, ".nii": False, ".nrrd": True, ".mha": True, ".dcm": False}
 
 
 def _mask_suffix(path: Path) -> str:
@@ -80,10 +87,27 @@ def check_mask_path(path: str | os.PathLike[str], *, overwrite: bool = False) ->
     return path
 
 
+def check_mask_format(path: str | os.PathLike[str], like: Volume) -> None:
+    """Refuse an output format that cannot hold a mask of ``like``: a DICOM SEG (``.dcm``)
+    needs a DICOM source series to reference."""
+    if _mask_suffix(Path(path)) == ".dcm":
+        from medsam.io.dicom_seg import check_seg_source
+
+        check_seg_source(like, path)
+
+
 def save_mask(
-    labels: np.ndarray, like: Volume, path: str | os.PathLike[str], *, overwrite: bool = False
+    labels: np.ndarray,
+    like: Volume,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    algorithm: AlgorithmInfo | None = None,
+    anonymize: bool = False,
 ) -> Path:
-    """Write a label map on the grid of ``like`` as NIfTI, NRRD or MetaImage.
+    """Write a label map on the grid of ``like`` as NIfTI, NRRD, MetaImage or DICOM SEG.
 
     Parameters
     ----------
@@ -94,11 +118,17 @@ def save_mask(
         The image the labels belong to; its spacing, origin and direction (LPS mm) are
         written unchanged.
     path:
-        Output file ending in ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``. Missing parent
-        folders are created. Compressed except for ``.nii``.
+        Output file ending in ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``, or ``.dcm`` for a
+        DICOM SEG (only when ``like`` was read from DICOM; see
+        :func:`medsam.io.dicom_seg.write_dicom_seg`). Missing parent folders are created.
+        Compressed except for ``.nii``.
     overwrite:
         Replace an existing file. Without it an existing file raises
         :class:`~medsam.errors.OutputExistsError` before any work is done.
+    names, colors, algorithm, anonymize:
+        DICOM SEG only: ``{label: name}`` (names choose the coded anatomy),
+        ``{label: (r, g, b)}`` display colours, what made the mask, and whether to
+        pseudonymise patient and study identity.
 
     Returns
     -------
@@ -131,6 +161,12 @@ def save_mask(
     path = check_mask_path(path, overwrite=overwrite)
     suffix = _mask_suffix(path)
     arr = _as_labels(labels, like.grid_shape)
+    if suffix == ".dcm":
+        from medsam.io.dicom_seg import write_dicom_seg
+
+        return write_dicom_seg(
+            arr, like, path, names=names, colors=colors, algorithm=algorithm, anonymize=anonymize
+        )
     image = sitk.GetImageFromArray(arr)
     image.SetSpacing(tuple(float(s) for s in like.spacing))
     image.SetOrigin(tuple(float(o) for o in like.origin))
