@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,16 +22,11 @@ from typing import Any
 from medsam import __version__
 from medsam.errors import InputFileError, MedsamError, PromptError
 from medsam.inference import BACKENDS, InferenceConfig
+from medsam.segment_run import measurements_path, sidecar_path
 
 __all__ = ["main", "build_parser", "sidecar_path", "measurements_path"]
 
 logger = logging.getLogger("medsam.cli")
-
-
-def sidecar_path(output: Path) -> Path:
-    """``liver.nii.gz`` -> ``liver.nii.gz.json``: the sidecar is named from the whole file name,
-    so ``out.nrrd`` and ``out.nii.gz`` never share one."""
-    return output.with_name(output.name + ".json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,9 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     meas.add_argument("labels", type=Path, help="label map (.nii.gz, .nrrd, .mha) or DICOM SEG (.dcm)")
     meas.add_argument("--image", type=Path, help="the source image (required for a DICOM SEG; gives HU for CT)")
+    meas.add_argument("--names", type=Path, help='JSON file of label names, {"5": "liver", ...}')
     meas.add_argument("-o", "--output", type=Path, help="write the table as CSV")
     meas.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
     meas.set_defaults(func=cmd_measure)
+
+    rep = sub.add_parser(
+        "replay",
+        help="run a recorded segmentation again from its sidecar (checks every input's SHA-256)",
+    )
+    rep.add_argument("sidecar", type=Path, help="OUTPUT.json written by medsam segment (or the napari widget)")
+    rep.add_argument("-o", "--output", type=Path, required=True, help="the new mask (any format medsam writes)")
+    rep.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.set_defaults(func=cmd_replay)
 
     models = sub.add_parser("models", help="list the models in the registry")
     models.set_defaults(func=cmd_models)
@@ -129,8 +136,10 @@ def _prompt_set(args: argparse.Namespace, volume) -> Any:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from medsam.intensity import resolve_window
     from medsam.io import load_volume
     from medsam.io.save import check_mask_format, check_mask_path
+    from medsam.segment_run import RunSettings, run_and_write
 
     t0 = time.perf_counter()
     # Everything a user can get wrong is checked before the model is loaded.
@@ -138,91 +147,46 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out = check_mask_path(args.output, overwrite=args.overwrite)
     if args.anonymize and not out.name.lower().endswith(".dcm"):
         raise InputFileError(out, "--anonymize applies to DICOM SEG (.dcm) output only")
-    # A sidecar (or measurements table) without its mask is stale (the mask is checked above):
-    # it is replaced.
-    side = sidecar_path(out)
+    # A sidecar (or measurements table) without its mask is stale (the mask is checked
+    # above): it is replaced.
     volume = load_volume(args.input, series_uid=args.series_uid)
     check_mask_format(out, volume)
     prompts = _prompt_set(args, volume)
-    from medsam.intensity import resolve_window
-
+    # with an adapter and no --window: the adapter's training window (run_and_write)
     window = None if args.window is None and args.adapter is not None else resolve_window(volume, args.window)
-
-    from medsam.io import save_mask
-    from medsam.models.accel import prepare
-    from medsam.pipeline import segment_volume, summarize
-    from medsam.volume import VolumePredictor
-
-    device = None if args.device == "auto" else args.device
-    vp = VolumePredictor(
-        args.model, checkpoint=args.checkpoint, device=device, cache_dir=args.cache_dir, adapter=args.adapter,
-        inference=inference,
+    settings = RunSettings(
+        model=args.model, checkpoint=args.checkpoint, adapter=args.adapter, window=window,
+        device=None if args.device == "auto" else args.device, inference=inference, cache_dir=args.cache_dir,
+        propagate=not args.no_propagate, anonymize=args.anonymize, quiet=args.quiet,
     )
-    if window is None:  # the window the adapter was trained with
-        window = resolve_window(volume, getattr(vp.model, "adapter_meta", {}).get("window"))
-    engine = prepare(vp.model, inference)  # bf16 on a device without it fails here, before any work
-    from medsam.progress import progress_bar
-
-    bar = progress_bar(0, "embed+propagate", "slice", quiet=args.quiet)
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.n = done
-            # embedding happens lazily, a batch ahead of propagation: show both
-            bar.set_postfix(embedded=vp.session.embedder.n_encoded if vp.session else 0, refresh=False)
-            bar.refresh()
-
-    result = segment_volume(
-        volume, prompts, predictor=vp, window=window, propagate=not args.no_propagate, progress=progress
+    run = run_and_write(
+        volume, prompts, out, settings, input_label=str(args.input), series_uid=args.series_uid,
+        overwrite=args.overwrite,
     )
-    if bar is not None:
-        bar.close()
-    model_name, weights_id = vp.model.name, vp.model.weights_id
-    vp.close()  # the embeddings (2 GB for 1000 slices) are not needed to write the result
-    rows = summarize(result, volume)
-    from medsam.measure import measure_labels, measurements_csv
+    _print_run(run, time.perf_counter() - t0)
+    return 0
 
-    measurements = measure_labels(result.labels, volume, names={int(r["label"]): r["name"] for r in rows})
-    from medsam.io.dicom_seg import AlgorithmInfo
 
-    algorithm = AlgorithmInfo(model=model_name, adapter=args.adapter.name if args.adapter else "")
-    names = {int(r["label"]): r["name"] for r in rows}
-    save_mask(
-        result.labels, volume, out, overwrite=args.overwrite, names=names, algorithm=algorithm,
-        anonymize=args.anonymize,
-    )
-    sidecar = {
-        "medsam_version": __version__,
-        "input": str(args.input),
-        "output": str(out),
-        "model": model_name,
-        "weights": weights_id,
-        "inference": {"backend": engine.backend, "precision": args.precision, "device": str(vp.model.device)},
-        "window": {"name": result.window.name, "low": result.window.low, "high": result.window.high},
-        "objects": rows,
-        "measurements": [m.as_dict() for m in measurements],
-        "confidence": result.confidence,
-        "seconds": round(result.seconds, 3),
-    }
-    from medsam.atomic import atomic_write_text
+def cmd_replay(args: argparse.Namespace) -> int:
+    from medsam.replay import replay
 
-    atomic_write_text(side, json.dumps(sidecar, indent=1))
-    atomic_write_text(measurements_path(out), measurements_csv(measurements))
-    total = time.perf_counter() - t0
-    for r in rows:
+    t0 = time.perf_counter()
+    run = replay(args.sidecar, args.output, overwrite=args.overwrite, quiet=args.quiet)
+    _print_run(run, time.perf_counter() - t0)
+    return 0
+
+
+def _print_run(run, total: float) -> None:
+    for r in run.rows:
         span = f"slices {r['slices'][0]}-{r['slices'][1]}" if r["slices"] else "no slices"
         print(
             f"{r['label']:>3} {r['name']:<20} {span:<18} {r['n_slices']:>4} slices "
             f"{r['voxels']:>9} voxels {r['volume_ml']:>9.2f} mL"
         )
-    print(f"wrote {out}, {side.name} and {measurements_path(out).name} ({len(rows)} objects, {total:.1f} s)")
-    return 0
-
-
-def measurements_path(output: Path) -> Path:
-    """``liver.nii.gz`` -> ``liver.nii.gz.measurements.csv``."""
-    return output.with_name(output.name + ".measurements.csv")
+    print(
+        f"wrote {run.output}, {run.sidecar.name} and {run.measurements.name} "
+        f"({len(run.rows)} objects, {total:.1f} s)"
+    )
 
 
 def _print_measurements(rows) -> None:
@@ -233,6 +197,19 @@ def _print_measurements(rows) -> None:
             f"max {m.max_diameter_mm:6.1f} mm  RECIST {m.long_axis_mm:5.1f} x {m.short_axis_mm:5.1f} mm "
             f"(slice {m.long_axis_slice}){hu}"
         )
+
+
+def _names_file(path: Path) -> dict[int, str]:
+    """``{label: name}`` from a JSON object such as ``{"5": "liver"}``."""
+    from medsam.errors import MissingInputError
+
+    if not path.is_file():
+        raise MissingInputError(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {int(k): str(v) for k, v in raw.items() if isinstance(v, str)}
+    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise InputFileError(path, f'is not a JSON object of label names like {{"5": "liver"}} ({exc})') from None
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -270,6 +247,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
                 names = {int(o["label"]): str(o["name"]) for o in json.loads(side.read_text())["objects"]}
             except (ValueError, KeyError, TypeError):
                 logger.warning("%s: not a medsam sidecar; objects are unnamed", side)
+    if args.names is not None:
+        names.update(_names_file(args.names))
     rows = measure_labels(labels, image, names=names)
     _print_measurements(rows)
     if args.output is not None:
@@ -302,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `medsam measure ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

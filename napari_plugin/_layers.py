@@ -159,16 +159,34 @@ def volume_of_layer(layer: Any) -> Volume:
     if isinstance(vol, Volume):
         return vol
     data = np.asarray(layer.data)
+    if getattr(layer, "rgb", False):
+        return _rgb_volume(layer, data)
     if data.ndim == 2:
         data = data[None]
-    if data.ndim != 3 or getattr(layer, "rgb", False):
+    if data.ndim != 3:
         raise ValueError(
             f"layer {layer.name!r} has shape {data.shape}; Segment Anything needs a 3D "
-            "grayscale image (Z, Y, X)"
+            "grayscale image (Z, Y, X) or a 2D RGB picture"
         )
     scale = list(layer.scale)[-3:] if layer.ndim >= 3 else [1.0, *layer.scale]
     translate = list(layer.translate)[-3:] if layer.ndim >= 3 else [0.0, *layer.translate]
     return Volume(data, spacing=tuple(scale[::-1]), origin=tuple(translate[::-1]))
+
+
+def _rgb_volume(layer: Any, data: np.ndarray) -> Volume:
+    """A 2D RGB(A) picture ``(Y, X, 3|4)`` as an RGB :class:`Volume` ``(1, Y, X, 3)`` ``uint8``
+    (alpha dropped; float pictures in [0, 1] scaled to 0..255)."""
+    if data.ndim != 3 or data.shape[-1] not in (3, 4):
+        raise ValueError(f"layer {layer.name!r}: an RGB picture must be (Y, X, 3) or (Y, X, 4), got {data.shape}")
+    rgb = data[..., :3]
+    if np.issubdtype(rgb.dtype, np.floating) and float(np.nanmax(rgb)) <= 1.0:
+        rgb = rgb * 255.0
+    rgb = np.clip(np.nan_to_num(rgb), 0, 255).astype(np.uint8)
+    scale, translate = list(layer.scale)[-2:], list(layer.translate)[-2:]
+    return Volume(
+        rgb[None], spacing=(float(scale[1]), float(scale[0]), 1.0), origin=(float(translate[1]), float(translate[0]), 0.0),
+        modality="RGB",
+    )
 
 
 def geometry_from_layer_state(meta: Mapping[str, Any], grid_shape: Sequence[int]) -> tuple[Volume, str]:
@@ -203,6 +221,8 @@ def geometry_from_layer_state(meta: Mapping[str, Any], grid_shape: Sequence[int]
 # ------------------------------------------------------------------------------- prompts
 def current_slice(viewer: Any, layer: Any) -> int:
     """The slice index ``k`` of ``layer`` at the viewer's current position."""
+    if getattr(layer, "rgb", False) or layer.ndim < 3:  # a 2D picture is slice 0
+        return 0
     point = np.asarray(viewer.dims.point, dtype=np.float64)[-layer.ndim :]
     k = float(layer.world_to_data(point)[0])
     n = int(layer.data.shape[0])

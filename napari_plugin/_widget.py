@@ -13,6 +13,7 @@ Shortcuts (on the widget's layers): ``T`` toggles the point type (positive/negat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ from ._writer import save_labels
 __all__ = ["SamWidget"]
 
 logger = logging.getLogger(__name__)
+
+#: Longest error line shown on screen (the whole message and traceback are in the log).
+ERROR_CHARS = 300
 
 
 class SamWidget(PromptsMixin, QWidget):
@@ -75,6 +79,7 @@ class SamWidget(PromptsMixin, QWidget):
         self._embedding_paused = False
         self._loading_layers = False
         self._pending: set[int] = set()  # objects whose prompts wait for embeddings
+        self._embed_yielded = False  # background embedding was stopped for a propagation
         self._connect()
         self._refresh_images()
 
@@ -132,6 +137,12 @@ class SamWidget(PromptsMixin, QWidget):
         return None if self.vp is None else self.vp.session
 
     def _launch(self, kind: str, job, *, yielded=None, returned=None, done=None) -> None:
+        # Errors are reported once, by _on_error: not by napari's relay (a second toast with
+        # the whole traceback) nor re-raised into the Qt event loop (the workers ignore them).
+        relay = getattr(job, "_relay_error", None)
+        if relay is not None:
+            with contextlib.suppress(TypeError, RuntimeError):
+                job.errored.disconnect(relay)
         self._jobs[kind] = job
         if yielded is not None:
             job.yielded.connect(yielded)
@@ -157,9 +168,13 @@ class SamWidget(PromptsMixin, QWidget):
                 self._jobs[kind].quit()
 
     def _on_error(self, exc: BaseException) -> None:
-        logger.error("medsam widget: %s", exc)
-        show_error(f"medsam: {exc}")
-        self.ui.status(f"Error: {exc}")
+        """One notification with one line; the traceback goes to the log."""
+        logger.error("medsam widget: %s", exc, exc_info=(type(exc), exc, exc.__traceback__))
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if len(text) > ERROR_CHARS:
+            text = text[: ERROR_CHARS - 3] + "..."
+        show_error(f"medsam: {text}")
+        self.ui.status(f"Error: {text}")
 
     # ----------------------------------------------------------------- prepare
     def prepare(self) -> None:
@@ -219,9 +234,11 @@ class SamWidget(PromptsMixin, QWidget):
             return
         self.ui.progress(0, len(order))
         self.ui.status(f"Embedding slice {order[0]}, then {len(order) - 1} more in the background...")
+        job = wl.embed_worker(self.session.embedder, order)
+        outcome = {"state": "done"}
+        job.aborted.connect(lambda: outcome.update(state="cancelled"))
         self._launch(
-            "embed", wl.embed_worker(self.session.embedder, order),
-            yielded=self._on_embed_progress, done=self._on_embed_done,
+            "embed", job, yielded=self._on_embed_progress, done=lambda: self._on_embed_done(outcome["state"])
         )
 
     def _on_embed_progress(self, value: tuple[int, int]) -> None:
@@ -229,14 +246,23 @@ class SamWidget(PromptsMixin, QWidget):
         if self._pending and "demand" not in self._jobs:
             self._request_sync()
 
-    def _on_embed_done(self) -> None:
+    def _on_embed_done(self, state: str = "done") -> None:
         if "propagate" in self._jobs or self.session is None:
             return
         if self._embedding_paused:
             self._embed_rest()
             return
+        if state == "cancelled" and self._embed_yielded:
+            self._embed_yielded = False  # it stopped for a propagation, whose status stands
+            return
         n = len(self.session.embedder.embedded_slices())
-        self.ui.status(f"{n} of {self.volume.n_slices} slices embedded. Draw a box or click points.")
+        if state == "cancelled":
+            self.ui.status(
+                f"Embedding cancelled: {n} of {self.volume.n_slices} slices embedded; "
+                "the others are embedded when a prompt or propagation needs them."
+            )
+        else:
+            self.ui.status(f"{n} of {self.volume.n_slices} slices embedded. Draw a box or click points.")
 
     def _make_layers(self, image: Image, volume) -> None:
         for layer in (self.points_layer, self.shapes_layer):
@@ -247,11 +273,11 @@ class SamWidget(PromptsMixin, QWidget):
         self.shapes_layer = wl.make_shapes_layer(image, volume, "prompt boxes")
         self.undo_stack = LabelsUndo(self.labels_layer)
         self._written = self.labels_layer.data.copy()
+        actions = self.key_actions()
         for layer in (self.labels_layer, self.shapes_layer, self.points_layer):
             self.viewer.add_layer(layer)
-            layer.bind_key("Control-Z", lambda _ly: self.undo(), overwrite=True)
-            layer.bind_key("Control-Shift-Z", lambda _ly: self.redo(), overwrite=True)
-        self.points_layer.bind_key("T", lambda _ly: self.toggle_point_type(), overwrite=True)
+            for key, (_, action) in actions.items():
+                layer.bind_key(key, lambda _ly, action=action: action(), overwrite=True)
         self.points_layer.events.data.connect(self._on_prompts_changed)
         self.labels_layer.events.paint.connect(self._schedule_measure)
         self.labels_layer.events.data.connect(self._schedule_measure)
@@ -259,6 +285,57 @@ class SamWidget(PromptsMixin, QWidget):
         self.shapes_layer.events.data.connect(self._on_prompts_changed)
         self.points_layer.mode = "add"
         self.viewer.layers.selection.active = self.points_layer
+
+    # -------------------------------------------------------------------- keys
+    def key_actions(self) -> dict[str, tuple[str, Any]]:
+        """``{napari key: (what it does, function)}``, bound on the widget's three layers.
+
+        After micro-sam (T toggles the point type, Shift+S segments the volume, C commits,
+        N moves to the next object) and nnInteractive (P points, B boxes)."""
+        return {
+            "P": ("point mode", self.point_mode),
+            "B": ("box mode", self.box_mode),
+            "T": ("toggle positive/negative points", self.toggle_point_type),
+            "Shift-S": ("propagate the current object", self.propagate),
+            "N": ("next object", self.next_object),
+            "C": ("accept the current object and start a new one", self.accept_object),
+            "Control-Z": ("undo", self.undo),
+            "Control-Shift-Z": ("redo", self.redo),
+        }
+
+    def point_mode(self) -> None:
+        """Click points: the prompt points layer, in add mode."""
+        if self.points_layer is not None:
+            self.viewer.layers.selection.active = self.points_layer
+            self.points_layer.mode = "add"
+
+    def box_mode(self) -> None:
+        """Draw boxes: the prompt boxes layer, in rectangle mode."""
+        if self.shapes_layer is not None:
+            self.viewer.layers.selection.active = self.shapes_layer
+            self.shapes_layer.mode = "add_rectangle"
+
+    def next_object(self) -> int | None:
+        """Make the next object (by label, wrapping round) current; returns its label."""
+        if not self.objects:
+            return None
+        labels = sorted(self.objects)
+        current = self.current_label if self.current_label in labels else labels[-1]
+        label = labels[(labels.index(current) + 1) % len(labels)]
+        self.select_object(label)
+        self.ui.status(f"Current object: {self.objects[label]['name']}")
+        return label
+
+    def accept_object(self) -> int | None:
+        """The current object is done (its masks stay, its prompts are kept in the session):
+        start a new object for the next structure; returns its label."""
+        if self.current_label is None or "propagate" in self._jobs:
+            return None
+        name = self.objects[self.current_label]["name"]
+        self._commit(None)
+        label = self.new_object()
+        self.ui.status(f"Accepted {name}; now prompting {self.objects[label]['name']}")
+        return label
 
     # ------------------------------------------------------------- propagation
     def propagate(self) -> None:
@@ -274,16 +351,19 @@ class SamWidget(PromptsMixin, QWidget):
         # Propagation embeds the slices it reaches itself; background embedding pauses so
         # two encoders do not compete for the CPU, and resumes afterwards.
         if "embed" in self._jobs:
-            self._embedding_paused = True
+            self._embedding_paused = self._embed_yielded = True
             self._jobs["embed"].quit()
         self._prop_steps = 0
         self.ui.progress(0, max(self.volume.n_slices - 1, 1))
         self.ui.status(f"Propagating {self.objects[label]['name']}...")
         job = wl.propagate_worker(self.vp, label, self._changed.get(label))
-        complete = {"ok": True}  # a cancelled or failed run propagates the same slices again next time
-        job.aborted.connect(lambda: complete.update(ok=False))
-        job.errored.connect(lambda _exc: complete.update(ok=False))
-        self._launch("propagate", job, yielded=self._on_prop_step, done=lambda: self._on_prop_done(label, complete["ok"]))
+        # a cancelled or failed run propagates the same slices again next time
+        outcome = {"state": "done"}
+        job.aborted.connect(lambda: outcome.update(state="cancelled"))
+        job.errored.connect(lambda _exc: outcome.update(state="failed"))
+        self._launch(
+            "propagate", job, yielded=self._on_prop_step, done=lambda: self._on_prop_done(label, outcome["state"])
+        )
 
     def _on_prop_step(self, step) -> None:
         self._prop_steps += 1
@@ -293,20 +373,26 @@ class SamWidget(PromptsMixin, QWidget):
             self.confidence.setdefault(label, {})[step.slice] = score
             self.ui.status(f"Slice {step.slice}: confidence {score:.2f}")
 
-    def _on_prop_done(self, label: int, complete: bool = True) -> None:
-        if complete:
+    def _on_prop_done(self, label: int, state: str = "done") -> None:
+        """Show what happened: ``state`` is ``"done"``, ``"cancelled"`` or ``"failed"`` (the
+        error is already shown). The slices segmented so far are kept in every case."""
+        if state == "done":
             self._changed[label] = set()
         self._commit(None)
         obj = self.session.objects.get(label)
         summary = session_ops.result_summary(obj.results if obj else {})
         name = self.objects.get(label, {}).get("name", label)
         self.ui.progress(1, 1)
-        self.ui.status(f"{name}: {summary}")
         self.ui.confidence_label.setText(f"{name}: {summary}")
         if obj is not None:
             per_slice = "\n".join(f"slice {k}: {r.score:.2f} ({r.source})" for k, r in sorted(obj.results.items()))
             self.ui.confidence_label.setToolTip(f"{name}, confidence per slice:\n{per_slice}")
-        show_info(f"medsam: propagated {name}: {summary}")
+        if state == "cancelled":
+            self.ui.status(f"Cancelled: propagation of {name} stopped; kept so far: {summary}")
+            show_info(f"medsam: propagation of {name} cancelled")
+        elif state == "done":
+            self.ui.status(f"{name}: {summary}")
+            show_info(f"medsam: propagated {name}: {summary}")
         self._request_sync()
         if self._embedding_paused and "embed" not in self._jobs:
             self._embed_rest()

@@ -119,7 +119,7 @@ def _load(
 def load_worker(model: str, checkpoint: str | None, device: Any, cache_dir: Any, adapter: str | None = None):
     """A function worker that builds a :class:`VolumePredictor` (loads the model and adapter)."""
     avoid_llvm_clash()
-    return create_worker(_load, model, checkpoint, device, cache_dir, adapter, _start_thread=False)
+    return create_worker(_load, model, checkpoint, device, cache_dir, adapter, _start_thread=False, _ignore_errors=True)
 
 
 def _embed(embedder, order: list[int]) -> Iterator[tuple[int, int]]:
@@ -128,7 +128,7 @@ def _embed(embedder, order: list[int]) -> Iterator[tuple[int, int]]:
 
 def embed_worker(embedder, order: list[int]):
     """A generator worker embedding ``order``; yields ``(done, total)`` per batch."""
-    return create_worker(_embed, embedder, list(order), _start_thread=False)
+    return create_worker(_embed, embedder, list(order), _start_thread=False, _ignore_errors=True)
 
 
 def _embed_missing(embedder, slices: list[int]) -> list[int]:
@@ -138,7 +138,7 @@ def _embed_missing(embedder, slices: list[int]) -> list[int]:
 
 def embed_missing_worker(embedder, slices: Iterable[int]):
     """A function worker embedding a few slices needed now (prompts on them)."""
-    return create_worker(_embed_missing, embedder, sorted(set(slices)), _start_thread=False)
+    return create_worker(_embed_missing, embedder, sorted(set(slices)), _start_thread=False, _ignore_errors=True)
 
 
 def _propagate(vp: VolumePredictor, label: int, changed):
@@ -147,4 +147,4 @@ def _propagate(vp: VolumePredictor, label: int, changed):
 
 def propagate_worker(vp: VolumePredictor, label: int, changed):
     """A generator worker propagating one object; yields ``PropagationStep``s."""
-    return create_worker(_propagate, vp, label, changed, _start_thread=False)
+    return create_worker(_propagate, vp, label, changed, _start_thread=False, _ignore_errors=True)

@@ -76,6 +76,7 @@ class SamWidgetUI:
         objects = QGroupBox("2. Objects and prompts")
         oform = QFormLayout(objects)
         self.object_combo = QComboBox()
+        self.object_combo.setToolTip("The object that new prompts belong to (N: next object)")
         self.name_edit = QLineEdit()
         self.name_edit.setPlaceholderText("e.g. liver")
         self.label_spin = QSpinBox()
@@ -86,6 +87,8 @@ class SamWidgetUI:
         row.addWidget(self.label_spin)
         row.addWidget(self.color_btn)
         self.new_obj_btn = QPushButton("New object")
+        self.new_obj_btn.setToolTip("Add an object with its own label and colour (C accepts the current one "
+                                    "and starts a new one; N moves to the next object)")
         self.del_obj_btn = QPushButton("Delete object")
         btns = QHBoxLayout()
         btns.addWidget(self.new_obj_btn)
@@ -96,14 +99,23 @@ class SamWidgetUI:
         oform.addRow(btns)
         self.point_type_label = QLabel("New points: positive (T toggles)")
         oform.addRow(self.point_type_label)
+        self.keys_label = QLabel(
+            "Keys: P points, B boxes, T +/-, Shift+S propagate, N next object, C accept, "
+            "Ctrl+Z / Ctrl+Shift+Z undo / redo"
+        )
+        self.keys_label.setWordWrap(True)
+        oform.addRow(self.keys_label)
         root.addWidget(objects)
 
         run = QGroupBox("3. Volume")
         rform = QVBoxLayout(run)
         self.propagate_btn = QPushButton("Propagate current object")
+        self.propagate_btn.setToolTip("Carry the current object through the volume, both ways (Shift+S)")
         undo = QHBoxLayout()
         self.undo_btn = QPushButton("Undo (Ctrl+Z)")
+        self.undo_btn.setToolTip("Undo the last change to the labels (Ctrl+Z)")
         self.redo_btn = QPushButton("Redo (Ctrl+Shift+Z)")
+        self.redo_btn.setToolTip("Redo (Ctrl+Shift+Z)")
         undo.addWidget(self.undo_btn)
         undo.addWidget(self.redo_btn)
         self.export_btn = QPushButton("Export segmentation...")

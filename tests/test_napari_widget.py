@@ -285,3 +285,121 @@ def test_brush_edits_are_kept(make_napari_viewer, qtbot, sample_data: Path) -> N
     assert dice(labels.data == LIVER, ref == LIVER) > 0.8
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+
+
+def test_status_tells_the_truth(make_napari_viewer, qtbot, sample_data: Path, tmp_path: Path, caplog) -> None:
+    """A wrong or missing checkpoint: one notification with one line, the traceback in the log.
+    A cancelled propagation says "Cancelled", not "propagated"."""
+    import logging
+
+    import torch
+    from napari.utils.notifications import notification_manager
+
+    ct = sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    ref = load_volume(sample_data / "totalsegmentator" / "example_seg.nii.gz").array
+    viewer = make_napari_viewer()
+    [(data, kwargs, _)] = get_reader(str(ct))(str(ct))
+    image = viewer.add_image(data, **kwargs)
+    widget = SamWidget(viewer, device="cpu")
+    wrong = tmp_path / "sam.pth"
+    torch.save({"foo": torch.zeros(3)}, wrong)
+    for checkpoint, problem in ((wrong, "not a sam_vit_b checkpoint"), (tmp_path / "missing.pth", "no such file")):
+        widget.ui.model_combo.setCurrentText("sam_vit_b")
+        widget.ui.checkpoint_edit.setText(str(checkpoint))
+        before = len(notification_manager.records)
+        with caplog.at_level(logging.ERROR, logger="napari_plugin._widget"):
+            widget.prepare()
+            qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+            qtbot.wait(300)
+        new = notification_manager.records[before:]
+        assert len(new) == 1, [str(n.message)[:200] for n in new]
+        message = str(new[0].message)
+        assert problem in message and "\n" not in message and len(message) < 400
+        assert widget.ui.status_label.text().startswith("Error:") and problem in widget.ui.status_label.text()
+        record = caplog.records[-1]
+        assert record.exc_info is not None  # the traceback is in the log
+        assert widget.vp is None  # nothing half-loaded
+        caplog.clear()
+
+    widget.ui.model_combo.setCurrentText("litemedsam")
+    widget.ui.checkpoint_edit.setText("")
+    k = 24
+    viewer.dims.set_point(0, image.data_to_world([k, 0, 0])[0])
+    widget.prepare()
+    qtbot.waitUntil(lambda: widget.session is not None and widget.session.embedder.has(k), timeout=TIMEOUT_MS)
+    widget.shapes_layer.data = [box_rect(ref[k] == LIVER, k)]
+    qtbot.waitUntil(lambda: (widget.labels_layer.data[k] > 0).any(), timeout=TIMEOUT_MS)
+    widget.propagate()
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    status = widget.ui.status_label.text()
+    assert status.startswith("Cancelled:") and "propagated" not in status, status
+    assert (widget.labels_layer.data > 0).sum(axis=(1, 2)).astype(bool).sum() < ref.shape[0]  # not all done
+    assert widget._changed[widget.current_label] != set()  # not marked done: the next propagation redoes it
+
+
+def test_keys_follow_the_fields_habits(make_napari_viewer, sample_data: Path) -> None:
+    """P, B, T, Shift+S, N, C and Ctrl+Z / Ctrl+Shift+Z on every prompt layer, named in the
+    tooltips (no model needed)."""
+    ct = sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    viewer = make_napari_viewer()
+    [(data, kwargs, _)] = get_reader(str(ct))(str(ct))
+    image = viewer.add_image(data, **kwargs)
+    widget = SamWidget(viewer, device="cpu")
+    widget._make_layers(image, kwargs["metadata"]["medsam_volume"])
+    first = widget.new_object("liver", 5)
+    second = widget.new_object("spleen", 1)
+    layers = (widget.labels_layer, widget.points_layer, widget.shapes_layer)
+    keys = ("P", "B", "T", "Shift-S", "N", "C", "Control-Z", "Control-Shift-Z")
+    for layer in layers:
+        assert all(coerce_keybinding(k) in layer.keymap for k in keys), layer.name
+
+    def press(layer, key):
+        return layer.keymap[coerce_keybinding(key)](layer)
+
+    press(widget.labels_layer, "B")
+    assert viewer.layers.selection.active is widget.shapes_layer and widget.shapes_layer.mode == "add_rectangle"
+    press(widget.shapes_layer, "P")
+    assert viewer.layers.selection.active is widget.points_layer and widget.points_layer.mode == "add"
+    assert widget.current_label == second
+    press(widget.points_layer, "N")
+    assert widget.current_label == first  # wraps round, by label
+    press(widget.points_layer, "N")
+    assert widget.current_label == second
+    press(widget.points_layer, "C")  # accept: a new object becomes current
+    assert widget.current_label not in (first, second) and len(widget.objects) == 3
+    press(widget.points_layer, "T")
+    assert "negative" in widget.ui.point_type_label.text()
+    press(widget.points_layer, "Shift-S")  # nothing prepared: nothing happens, no error
+    assert not widget.busy
+    ui = widget.ui
+    assert "Shift+S" in ui.propagate_btn.toolTip() and "Ctrl+Z" in ui.undo_btn.toolTip()
+    assert "N" in ui.object_combo.toolTip() and "C accepts" in ui.new_obj_btn.toolTip()
+    for key in ("P points", "B boxes", "T", "Shift+S", "N next", "C accept", "Ctrl+Z"):
+        assert key in ui.keys_label.text()
+
+
+def test_rgb_picture(make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    """An RGB picture (endoscopy, dermoscopy, pathology) opened by napari itself: the model
+    takes it as RGB, a box segments the lesion, the table shows its area, export works."""
+    rng = np.random.default_rng(0)
+    img = rng.normal(120, 10, (200, 240, 3)).clip(0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[:200, :240]
+    lesion = (yy - 90) ** 2 + (xx - 130) ** 2 < 40**2
+    img[lesion] = (200, 40, 50)
+    viewer = make_napari_viewer()
+    viewer.add_image(img, rgb=True, name="endoscopy")
+    widget = SamWidget(viewer, device="cpu")
+    widget.prepare()
+    qtbot.waitUntil(lambda: widget.session is not None and widget.session.embedder.has(0), timeout=TIMEOUT_MS)
+    assert widget.volume.is_rgb and widget.session.window.name == "rgb"
+    np.testing.assert_array_equal(widget.volume.array[0], img)  # the model sees the colours
+    widget.shapes_layer.data = [np.array([[0, 48, 88], [0, 48, 172], [0, 132, 172], [0, 132, 88]], float)]
+    qtbot.waitUntil(lambda: (widget.labels_layer.data[0] > 0).any(), timeout=TIMEOUT_MS)
+    mask = widget.labels_layer.data[0] > 0
+    assert dice(mask, lesion) > 0.95  # measured 0.993
+    qtbot.waitUntil(lambda: widget.ui.measure_table.rowCount() == 1 and
+                    widget.ui.measure_table.text()[0][1] == f"{mask.sum():.1f} mm²", timeout=10_000)
+    out = tmp_path / "lesion.nii.gz"
+    assert widget.export(out) == str(out)
+    np.testing.assert_array_equal(load_volume(out).array[0] > 0, mask)

@@ -17,6 +17,9 @@ Each ``# expect: ORGAN Dice D (TARGET ...)`` comment is checked, within ±0.02:
 - ``(EXPR vs REF label B, slice K)``: a 2D boolean mask, EXPR evaluated in the block's
   namespace, against slice K of REF.
 - ``(TABLE.csv)``: the organ's Dice in a metrics table that the example wrote.
+
+Each ``# expect: ORGAN FIELD VALUE (TABLE.csv)`` comment is checked within 1%: the FIELD
+column (``volume_ml``, ``long_axis_mm`` ...) of the ORGAN row of a measurements table.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ EXPECT = re.compile(
     r"# expect: (?P<organ>\w+) Dice (?P<dice>[0-9.]+) \((?P<target>[^\s)]+)(?: label (?P<a>\d+))?"
     r"(?: vs (?P<ref>\S+) label (?P<b>\d+))?(?:, slices? (?P<k0>\d+)(?:-(?P<k1>\d+))?)?\)"
 )
+
+#: ``# expect: ORGAN FIELD VALUE (TABLE.csv)``: a measurement in a measurements CSV, within 1%.
+MEASURE = re.compile(r"# expect: (?P<organ>\w+) (?P<field>[a-z0-9_]+) (?P<value>-?[0-9.]+) \((?P<csv>[^\s)]+\.csv)\)")
+MEASURE_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ def test_every_runnable_block_is_run_or_skipped_with_a_reason():
     assert {b.lang for b in BLOCKS} <= {"bash", "python", "json", ""}
     assert sum(b.code.count("# expect:") for b in RUN) >= 12  # the examples that segment something
     for b in RUN:  # a malformed expectation would silently check nothing
-        assert len(EXPECT.findall(b.code)) == b.code.count("# expect:"), b.id
+        assert len(EXPECT.findall(b.code)) + len(MEASURE.findall(b.code)) == b.code.count("# expect:"), b.id
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +157,14 @@ def check_expectations(block: Block, ws: Path, namespace: dict) -> list[str]:
             got = dice(pred, ref)
         assert abs(got - want) <= TOLERANCE, f"{m[0]}: measured Dice {got:.3f}"
         report.append(f"{m['organ']} {got:.3f}")
+    for m in MEASURE.finditer(block.code):
+        import csv
+
+        with open(ws / m["csv"], newline="") as f:
+            [row] = [r for r in csv.DictReader(f) if r["name"] == m["organ"]]
+        got, want = float(row[m["field"]]), float(m["value"])
+        assert abs(got - want) <= MEASURE_TOLERANCE * abs(want), f"{m[0]}: measured {got}"
+        report.append(f"{m['organ']} {m['field']} {got}")
     return report
 
 

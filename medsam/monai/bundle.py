@@ -112,7 +112,7 @@ def find_cases(
     return cases
 
 
-def run_cases(dataset: Any, collect: str | None = None) -> list[Any]:
+def run_cases(dataset: Any, collect: str | None = None, quiet: bool = False) -> list[Any]:
     """Run a dataset's transform chain on every case, in order (the bundles' ``run`` step).
 
     Parameters
@@ -122,19 +122,28 @@ def run_cases(dataset: Any, collect: str | None = None) -> list[Any]:
     collect:
         A key whose value (a list, e.g. metric rows, or a single value) is gathered from
         each case; ``None`` keeps nothing, so memory stays flat.
+    quiet:
+        No progress bar (one shows, per case, only when stderr is a terminal).
 
     Returns
     -------
     list
         The gathered values (empty without ``collect``).
     """
+    from medsam.progress import progress_bar
+
     gathered: list[Any] = []
     n = len(dataset)
+    bar = progress_bar(n, "bundle", "case", quiet=quiet)
     for i in range(n):
         t0 = time.perf_counter()
         item = dataset[i]
         logger.info("case %d/%d done in %.1f s", i + 1, n, time.perf_counter() - t0)
+        if bar is not None:
+            bar.update(1)
         if collect is not None:
             value = item[collect]
             gathered.extend(value if isinstance(value, list) else [value])
+    if bar is not None:
+        bar.close()
     return gathered

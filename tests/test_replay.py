@@ -1,0 +1,111 @@
+"""Provenance in the sidecar, and `medsam replay` bit for bit on the real model (CPU)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medsam.cli import main
+from medsam.io import load_volume
+
+
+@pytest.fixture(scope="module")
+def run(sample_data: Path, tmp_path_factory):
+    """A segmentation of a copy of the 3-slice DICOM CT: a box on slice 1 and a second on slice 0."""
+    ws = tmp_path_factory.mktemp("replay")
+    series = ws / "ct"
+    shutil.copytree(sample_data / "dcmqi_ct3slice" / "ct-3slice", series)
+    out = ws / "liver.nrrd"
+    rc = main(["segment", str(series), "-o", str(out), "--box", "1:80,146,349,365", "--box", "0:81,147,348,364",
+               "--name", "liver", "--device", "cpu", "--quiet"])
+    assert rc == 0
+    return ws, series, out, json.loads((ws / "liver.nrrd.json").read_text())
+
+
+def test_sidecar_records_provenance(run) -> None:
+    ws, series, out, side = run
+    files = sorted(series.iterdir())
+    assert sorted(e["path"] for e in side["inputs"]) == [str(f.resolve()) for f in files]
+    for e in side["inputs"]:
+        assert e["sha256"] == hashlib.sha256(Path(e["path"]).read_bytes()).hexdigest()
+    [obj] = side["prompts"]["objects"]
+    assert side["prompts"]["space"] == "voxel" and obj["name"] == "liver"
+    assert [p["slice"] for p in obj["prompts"]] == [0, 1]
+    ct = load_volume(series)
+    [lps] = side["prompts_lps"]["objects"]
+    corner = ct.index_to_world([80, 146, 1])
+    np.testing.assert_allclose(lps["prompts"][1]["box"][0], corner, atol=1e-3)  # world LPS mm
+    assert side["model"] == "litemedsam" and side["weights"].startswith("litemedsam:")
+    assert side["checkpoint"] is None and side["adapter"] is None
+    assert side["propagation"]["propagate"] is True and side["propagation"]["score_threshold"] == 0.7
+    assert side["inference"] == {"backend": "onnxruntime", "precision": "fp32", "device": "cpu"}
+    versions = side["environment"]["versions"]
+    assert versions["torch"] and versions["onnxruntime"] and versions["monai"] and versions["medsam-monai"]
+    assert side["medsam_version"] == versions["medsam-monai"]
+
+
+def test_replay_is_identical(run, tmp_path: Path, capsys) -> None:
+    ws, series, out, side = run
+    again = tmp_path / "again.nii.gz"
+    assert main(["replay", str(ws / "liver.nrrd.json"), "-o", str(again), "--quiet"]) == 0
+    first, second = load_volume(out), load_volume(again)
+    assert first.array.any()
+    np.testing.assert_array_equal(second.array, first.array)  # voxel for voxel
+    assert second.same_geometry(first)
+    new = json.loads((tmp_path / "again.nii.gz.json").read_text())
+    assert new["replay_of"] == str((ws / "liver.nrrd.json").resolve())
+    assert new["prompts"] == side["prompts"] and new["inputs"] == side["inputs"]
+    assert new["confidence"] == side["confidence"]
+    assert (tmp_path / "again.nii.gz.measurements.csv").is_file()
+    assert "liver" in capsys.readouterr().out
+
+
+def _replay(sidecar: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medsam", "replay", str(sidecar), "-o", str(out)],
+                          capture_output=True, text=True)
+
+
+def test_replay_refuses_changed_inputs_and_weights(run, tmp_path: Path) -> None:
+    ws, series, out, side = run
+    # a changed input file: refused before any model work, one line, nothing written
+    changed = tmp_path / "ct"
+    shutil.copytree(series, changed)
+    record = json.loads((ws / "liver.nrrd.json").read_text())
+    record["input_path"] = str(changed)
+    for e in record["inputs"]:
+        e["path"] = str(changed / Path(e["path"]).name)
+    victim = changed / Path(record["inputs"][0]["path"]).name
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF  # one pixel bit
+    victim.write_bytes(bytes(data))
+    sidecar = tmp_path / "changed.json"
+    sidecar.write_text(json.dumps(record))
+    res = _replay(sidecar, tmp_path / "x.nrrd")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert f"{victim}: has changed since changed.json was written" in res.stderr
+    assert not (tmp_path / "x.nrrd").exists()
+
+    # other weights than recorded
+    record = json.loads((ws / "liver.nrrd.json").read_text())
+    record["weights"] = "litemedsam:0000000000000000"
+    sidecar = tmp_path / "weights.json"
+    sidecar.write_text(json.dumps(record))
+    res = _replay(sidecar, tmp_path / "y.nrrd")
+    assert res.returncode == 2 and "not the recorded litemedsam:0000000000000000" in res.stderr
+    assert res.stderr.count("\n") == 1 and not (tmp_path / "y.nrrd").exists()
+
+    # a missing input, and a file that is not a sidecar
+    record = json.loads((ws / "liver.nrrd.json").read_text())
+    record["inputs"][0]["path"] = str(tmp_path / "gone.dcm")
+    sidecar.write_text(json.dumps(record))
+    res = _replay(sidecar, tmp_path / "z.nrrd")
+    assert res.returncode == 2 and "gone.dcm: recorded in weights.json is missing" in res.stderr
+    res = _replay(ws / "liver.nrrd.measurements.csv", tmp_path / "z.nrrd")
+    assert res.returncode == 2 and "is not a JSON sidecar" in res.stderr
