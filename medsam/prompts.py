@@ -43,6 +43,8 @@ __all__ = [
     "parse_box_arg",
     "parse_point_arg",
     "box_from_mask",
+    "mask_to_rle",
+    "rle_to_mask",
 ]
 
 Box = tuple[float, float, float, float]
@@ -306,7 +308,7 @@ def _parse_object(obj: Mapping[str, Any], idx: int, space: str, volume: Any) -> 
     prompts = []
     for p in raw:
         _require(isinstance(p, Mapping), f"{where}: each prompt must be a JSON object")
-        unknown = set(p) - {"slice", "box", "points", "point_labels"}
+        unknown = set(p) - {"slice", "box", "points", "point_labels", "mask"}
         _require(not unknown, f"{where}: unknown prompt keys {sorted(unknown)}")
         pts = p.get("points") or []
         labels = p.get("point_labels") or [1] * len(pts)
@@ -314,8 +316,14 @@ def _parse_object(obj: Mapping[str, Any], idx: int, space: str, volume: Any) -> 
             _require("slice" in p and isinstance(p["slice"], int), f"{where}: voxel prompts need an integer 'slice'")
             k = int(p["slice"])
             box = p.get("box")
-            prompts.append(SlicePrompt(k, points=[tuple(q[:2]) for q in pts], point_labels=labels, box=box))
+            mask = None
+            if p.get("mask") is not None:
+                mask = rle_to_mask(p["mask"], tuple(volume.grid_shape[1:3]), f"{where}, slice {k}")
+            prompts.append(
+                SlicePrompt(k, points=[tuple(q[:2]) for q in pts], point_labels=labels, box=box, mask=mask)
+            )
             continue
+        _require("mask" not in p, f"{where}: mask prompts are in voxel space only")
         _require("slice" not in p, f"{where}: omit 'slice' in {space} space (it follows from the mm)")
         if p.get("box") is not None:
             k, box = _world_box(p["box"], volume, space, where)
@@ -353,7 +361,9 @@ def parse_prompts(data: Mapping[str, Any], volume: Any) -> PromptSet:
                                   {"slice": 60, "points": [[x, y], [x, y]], "point_labels": [1, 0]}]}]}
 
     In ``lps``/``ras`` space points are ``[x, y, z]`` mm, a box is two corners
-    ``[[x0, y0, z0], [x1, y1, z1]]`` on one slice plane, and ``slice`` is omitted.
+    ``[[x0, y0, z0], [x1, y1, z1]]`` on one slice plane, and ``slice`` is omitted. In voxel
+    space a prompt may also hold ``"mask": {"size": [Y, X], "counts": [...]}``
+    (:func:`mask_to_rle`).
     """
     _require(isinstance(data, Mapping), "prompts must be a JSON object with 'objects'")
     space = str(data.get("space", "voxel")).lower()
@@ -430,6 +440,32 @@ def merge_slice_prompts(prompts: Sequence[SlicePrompt]) -> tuple[SlicePrompt, ..
             mask=p.mask if p.mask is not None else q.mask,
         )
     return tuple(by_k[k] for k in sorted(by_k))
+
+
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """A ``(Y, X)`` mask as ``{"size": [Y, X], "counts": [...]}``: run lengths of the row-major
+    pixels, starting with a (possibly empty) run of background."""
+    flat = np.asarray(mask, dtype=bool).ravel()
+    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    edges = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(edges).tolist()
+    if flat.size and flat[0]:
+        counts = [0, *counts]
+    return {"size": list(np.asarray(mask).shape), "counts": [int(c) for c in counts]}
+
+
+def rle_to_mask(rle: Any, shape: tuple[int, int], where: str = "mask") -> np.ndarray:
+    """Decode :func:`mask_to_rle`; the size must be ``shape`` (the slice's ``(Y, X)``)."""
+    _require(isinstance(rle, Mapping) and set(rle) == {"size", "counts"}, f"{where}: a mask is {{'size', 'counts'}}")
+    size, counts = rle["size"], rle["counts"]
+    _require(list(size) == list(shape), f"{where}: mask size {list(size)} is not the slice's {list(shape)}")
+    _require(
+        isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
+        and sum(counts) == shape[0] * shape[1],
+        f"{where}: mask counts must be non-negative integers summing to {shape[0] * shape[1]}",
+    )
+    values = np.arange(len(counts)) % 2 == 1
+    return np.repeat(values, counts).reshape(shape)
 
 
 def box_from_mask(mask: np.ndarray) -> Box | None:

@@ -28,10 +28,12 @@ from typing import Any
 
 from medsam.io.volume import Volume
 from medsam.models.checkpoints import file_sha256
-from medsam.prompts import PromptSet
+from medsam.prompts import PromptSet, mask_to_rle
 from medsam.session import PropagationConfig
 
-__all__ = ["provenance", "input_files", "hashed", "prompts_record", "environment", "LIBRARIES"]
+__all__ = [
+    "provenance", "session_record", "input_files", "hashed", "prompts_record", "environment", "LIBRARIES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ def _prompt_dict(p, volume: Volume | None) -> dict[str, Any]:
         if p.points:
             out["points"] = [[float(x), float(y)] for x, y in p.points]
             out["point_labels"] = [int(v) for v in p.point_labels]
+        if p.mask is not None:
+            out["mask"] = mask_to_rle(p.mask)
         return out
     out = {}
     if p.box is not None:
@@ -74,16 +78,16 @@ def _prompt_dict(p, volume: Volume | None) -> dict[str, Any]:
 def prompts_record(prompts: PromptSet, volume: Volume | None = None) -> dict[str, Any]:
     """The prompts as a prompts file: voxel space, or LPS mm when ``volume`` is given.
 
-    Mask prompts (painted in napari) are not representable and raise ``ValueError``.
+    Mask prompts (slices painted in napari) are run-length encoded in voxel space
+    (:func:`medsam.prompts.mask_to_rle`); the LPS record leaves them out.
     """
     objects = []
     for o in prompts.objects:
-        if any(p.mask is not None for p in o.prompts):
-            raise ValueError(f"object {o.name!r} has mask prompts, which a prompts file cannot hold")
         obj: dict[str, Any] = {"label": o.label, "name": o.name, "propagate": o.propagate}
         if o.z_range is not None:
             obj["z_range"] = list(o.z_range)
-        obj["prompts"] = [_prompt_dict(p, volume) for p in o.prompts if p.box is not None or p.points]
+        keep = [p for p in o.prompts if p.box is not None or p.points or (volume is None and p.mask is not None)]
+        obj["prompts"] = [_prompt_dict(p, volume) for p in keep]
         objects.append(obj)
     return {"space": "voxel" if volume is None else "lps", "objects": objects}
 
@@ -124,4 +128,47 @@ def provenance(
         "adapter": hashed([adapter])[0] if adapter is not None else None,
         "propagation": {"propagate": propagate, **asdict(config)},
         "environment": environment(),
+    }
+
+
+def session_record(
+    vp: Any, *, checkpoint: Path | None = None, adapter: Path | None = None, series_uid: str | None = None
+) -> dict[str, Any]:
+    """A replayable sidecar of an interactive session (a :class:`~medsam.volume.VolumePredictor`
+    with an open session): every object's prompts as they stand, painted slices as mask
+    prompts, the model, window and engine. ``medsam replay`` runs it from the command line.
+    """
+    from medsam import __version__
+    from medsam.models.accel import prepare
+    from medsam.prompts import ObjectPrompts
+
+    session = vp.session
+    if session is None:
+        raise ValueError("no session: prepare an image first")
+    volume = session.volume
+    objects = tuple(
+        ObjectPrompts(o.label, o.name, tuple(o.prompts[k] for k in o.prompted_slices), o.propagate, o.z_range)
+        for o in session.objects.values()
+        if o.prompts
+    )
+    prompts = PromptSet(objects)
+    w = session.window
+    return {
+        "medsam_version": __version__,
+        "input": str(volume.source) if volume.source is not None else None,
+        "input_path": str(Path(volume.source).resolve()) if volume.source is not None else None,
+        "model": vp.model.name,
+        "weights": vp.model.weights_id,
+        "inference": {
+            "backend": prepare(vp.model, vp.inference).backend,
+            "precision": vp.inference.precision,
+            "device": str(vp.model.device),
+        },
+        "window": {"name": w.name, "low": w.low, "high": w.high},
+        **provenance(
+            volume, prompts, checkpoint=checkpoint, adapter=adapter, propagate=True, config=vp.config,
+            series_uid=series_uid,
+        ),
+        "confidence": session.confidence(),
+        "source": "napari session",
     }

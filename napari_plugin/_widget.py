@@ -7,35 +7,33 @@ and :mod:`medsam.session_ops`. Conversions between napari layer data and prompts
 runs in napari thread workers; the main thread only runs the mask decoder on slices that
 are already embedded, so the interface never freezes.
 
-Shortcuts (on the widget's layers): ``T`` toggles the point type (positive/negative),
-``Ctrl+Z`` / ``Ctrl+Shift+Z`` undo and redo changes to the labels layer.
+Keys, export and the replayable session are in :mod:`napari_plugin._widget_actions`
+(``P`` points, ``B`` boxes, ``T`` point type, ``Shift+S`` propagate, ``N`` next object,
+``C`` accept, ``Ctrl+Z`` / ``Ctrl+Shift+Z`` undo and redo).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtGui import QColor
-from qtpy.QtWidgets import QFileDialog, QWidget
+from qtpy.QtWidgets import QWidget
 
 from medsam import session_ops
 from medsam.errors import MedsamError
 from medsam.intensity import resolve_window
-from medsam.io.dicom_seg import AlgorithmInfo
 from medsam.models import list_models
 
 from . import _widget_layers as wl
 from ._layers import current_slice, volume_of_layer
 from ._undo import LabelsUndo
+from ._widget_actions import ActionsMixin
 from ._widget_prompts import PromptsMixin
 from ._widget_ui import SamWidgetUI
-from ._writer import save_labels
 
 __all__ = ["SamWidget"]
 
@@ -45,7 +43,7 @@ logger = logging.getLogger(__name__)
 ERROR_CHARS = 300
 
 
-class SamWidget(PromptsMixin, QWidget):
+class SamWidget(PromptsMixin, ActionsMixin, QWidget):
     """Promptable segmentation of a CT/MR volume in napari.
 
     Parameters
@@ -95,6 +93,7 @@ class SamWidget(PromptsMixin, QWidget):
         u.undo_btn.clicked.connect(self.undo)
         u.redo_btn.clicked.connect(self.redo)
         u.export_btn.clicked.connect(lambda: self.export())
+        u.session_btn.clicked.connect(lambda: self.save_session())
         u.image_combo.currentIndexChanged.connect(self._on_image_choice)
         u.window_combo.currentTextChanged.connect(self._on_window_choice)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
@@ -286,57 +285,6 @@ class SamWidget(PromptsMixin, QWidget):
         self.points_layer.mode = "add"
         self.viewer.layers.selection.active = self.points_layer
 
-    # -------------------------------------------------------------------- keys
-    def key_actions(self) -> dict[str, tuple[str, Any]]:
-        """``{napari key: (what it does, function)}``, bound on the widget's three layers.
-
-        After micro-sam (T toggles the point type, Shift+S segments the volume, C commits,
-        N moves to the next object) and nnInteractive (P points, B boxes)."""
-        return {
-            "P": ("point mode", self.point_mode),
-            "B": ("box mode", self.box_mode),
-            "T": ("toggle positive/negative points", self.toggle_point_type),
-            "Shift-S": ("propagate the current object", self.propagate),
-            "N": ("next object", self.next_object),
-            "C": ("accept the current object and start a new one", self.accept_object),
-            "Control-Z": ("undo", self.undo),
-            "Control-Shift-Z": ("redo", self.redo),
-        }
-
-    def point_mode(self) -> None:
-        """Click points: the prompt points layer, in add mode."""
-        if self.points_layer is not None:
-            self.viewer.layers.selection.active = self.points_layer
-            self.points_layer.mode = "add"
-
-    def box_mode(self) -> None:
-        """Draw boxes: the prompt boxes layer, in rectangle mode."""
-        if self.shapes_layer is not None:
-            self.viewer.layers.selection.active = self.shapes_layer
-            self.shapes_layer.mode = "add_rectangle"
-
-    def next_object(self) -> int | None:
-        """Make the next object (by label, wrapping round) current; returns its label."""
-        if not self.objects:
-            return None
-        labels = sorted(self.objects)
-        current = self.current_label if self.current_label in labels else labels[-1]
-        label = labels[(labels.index(current) + 1) % len(labels)]
-        self.select_object(label)
-        self.ui.status(f"Current object: {self.objects[label]['name']}")
-        return label
-
-    def accept_object(self) -> int | None:
-        """The current object is done (its masks stay, its prompts are kept in the session):
-        start a new object for the next structure; returns its label."""
-        if self.current_label is None or "propagate" in self._jobs:
-            return None
-        name = self.objects[self.current_label]["name"]
-        self._commit(None)
-        label = self.new_object()
-        self.ui.status(f"Accepted {name}; now prompting {self.objects[label]['name']}")
-        return label
-
     # ------------------------------------------------------------- propagation
     def propagate(self) -> None:
         """Propagate the current object through the volume (both directions) in background."""
@@ -459,46 +407,6 @@ class SamWidget(PromptsMixin, QWidget):
     def redo(self) -> list[int]:
         """Re-apply the last undone change; returns the slices written."""
         return [] if self.undo_stack is None else self._after_history_step(self.undo_stack.redo())
-
-    # ------------------------------------------------------------------ export
-    def export(self, path: str | Path | None = None) -> str | None:
-        """Save the labels layer with the source geometry (NIfTI, NRRD, MetaImage, or a DICOM
-        SEG with one named, coloured segment per object for a DICOM source).
-
-        Without ``path`` a save dialog asks (and confirms replacing an existing file, so
-        the file is overwritten); a ``path`` given in code is never overwritten.
-        """
-        if self.labels_layer is None:
-            show_warning("Nothing to export yet.")
-            return None
-        overwrite = False
-        if path is None:
-            start = str(Path(self.volume.source).parent) if self.volume.source else ""
-            filters = "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)"
-            if self.volume.meta.format == "dicom":
-                filters = "DICOM SEG (*.dcm);;" + filters
-            path, _ = QFileDialog.getSaveFileName(self, "Export segmentation", start, filters)
-            if not path:
-                return None
-            overwrite = True  # the dialog has just confirmed replacing an existing file
-        _, meta, _ = self.labels_layer.as_layer_data_tuple()
-        names = {label: o["name"] for label, o in self.objects.items()}
-        colors = {label: tuple(QColor(o["color"]).getRgb()[:3]) for label, o in self.objects.items()}
-        model, _checkpoint, adapter = self._vp_key if self._vp_key else ("", "", "")
-        algorithm = AlgorithmInfo(model=model, adapter=Path(adapter).name if adapter else "")
-        try:
-            out = save_labels(
-                path, self.labels_layer.data, meta, overwrite=overwrite, names=names, colors=colors,
-                algorithm=algorithm,
-            )
-        except (MedsamError, OSError, ValueError, TypeError) as exc:
-            logger.debug("export to %s failed", path, exc_info=True)
-            show_error(f"Export failed: {exc}")
-            self.ui.status(f"Export failed: {exc}")
-            return None
-        show_info(f"medsam: saved {out}")
-        self.ui.status(f"Saved {out}")
-        return out
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         self.cancel()

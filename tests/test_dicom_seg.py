@@ -300,3 +300,29 @@ def test_segment_codes(name: str, category: str, type_: str) -> None:
     coding = code_segment(name)
     assert (coding.category.meaning, coding.type.meaning) == (category, type_)
     assert coding.type.scheme_designator == "SCT"
+
+
+def test_seg_on_a_multiframe_ct(sample_data: Path, tmp_path: Path) -> None:
+    """An enhanced (multi-frame) CT whose frames run against z: made from the real 3-slice CT
+    by highdicom's legacy converter. The SEG's frames follow the source's frames."""
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    slices = [pydicom.dcmread(f) for f in sorted((sample_data / "dcmqi_ct3slice" / "ct-3slice").iterdir())]
+    for ds in slices:
+        ds.SpecificCharacterSet = "ISO_IR 100"
+    mf = hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices, series_instance_uid=generate_uid(), series_number=9, sop_instance_uid=generate_uid(), instance_number=1
+    )
+    mf.save_as(tmp_path / "enhanced.dcm")
+    ct = load_volume(tmp_path / "enhanced.dcm")
+    assert ct.meta.extra["frame_numbers"] == (3, 2, 1)  # frame 1 is the highest slice
+    liver = _nrrd(sample_data / "dcmqi_ct3slice" / "liver_seg.nrrd")
+    out = save_mask(liver, ct, tmp_path / "seg.dcm", names={1: "liver"})
+    np.testing.assert_array_equal(load_segmentation(out, ct).labels, liver)
+    ds = _validate(out)
+    assert _dciodvfy_errors(out) == []
+    for frame, pixels in zip(ds.PerFrameFunctionalGroupsSequence, ds.pixel_array, strict=True):
+        number = int(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        k = ct.meta.extra["frame_numbers"].index(number)
+        np.testing.assert_array_equal(pixels, liver[k])

@@ -235,7 +235,7 @@ def test_widget_exports_dicom_seg_and_reports_a_failed_export(
     qtbot.waitUntil(lambda: widget.ui.measure_table.text()[0][1] == f"{liver.sum() * voxel_ml:.2f} mL", timeout=5000)
 
     out = tmp_path / "liver.dcm"
-    monkeypatch.setattr("napari_plugin._widget.QFileDialog.getSaveFileName", lambda *a, **k: (str(out), ""))
+    monkeypatch.setattr("napari_plugin._widget_actions.QFileDialog.getSaveFileName", lambda *a, **k: (str(out), ""))
     assert widget.export() == str(out)
     assert widget.ui.status_label.text() == f"Saved {out}"
     seg = load_segmentation(out, widget.volume)
@@ -255,7 +255,7 @@ def test_widget_exports_dicom_seg_and_reports_a_failed_export(
     widget2._make_layers(image2, kwargs2["metadata"][VOLUME_KEY])
     widget2.volume = kwargs2["metadata"][VOLUME_KEY]
     bad = tmp_path / "nifti.dcm"
-    monkeypatch.setattr("napari_plugin._widget.QFileDialog.getSaveFileName", lambda *a, **k: (str(bad), ""))
+    monkeypatch.setattr("napari_plugin._widget_actions.QFileDialog.getSaveFileName", lambda *a, **k: (str(bad), ""))
     assert widget2.export() is None
     assert widget2.ui.status_label.text().startswith("Export failed:")
     assert "needs a DICOM source series" in widget2.ui.status_label.text()

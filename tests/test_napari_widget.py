@@ -185,7 +185,7 @@ def test_widget_user_session(make_napari_viewer, qtbot, sample_data: Path, tmp_p
     # Export through the save dialog (mocked) and the writer: the source affine is kept.
     out = tmp_path / "segmentation.nii.gz"
     monkeypatch.setattr(
-        "napari_plugin._widget.QFileDialog.getSaveFileName", lambda *a, **k: (str(out), "")
+        "napari_plugin._widget_actions.QFileDialog.getSaveFileName", lambda *a, **k: (str(out), "")
     )
     assert widget.export() == str(out)
     np.testing.assert_allclose(nib.load(out).affine, nib.load(ct).affine, atol=1e-4)
@@ -195,15 +195,21 @@ def test_widget_user_session(make_napari_viewer, qtbot, sample_data: Path, tmp_p
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
 
 
-def test_objects_keep_their_prompts(make_napari_viewer, sample_data: Path) -> None:
-    """Switching objects swaps the prompt layers' contents, point types and colours intact
-    (no model needed: nothing is prepared, so nothing is segmented)."""
+def _unprepared_widget(make_napari_viewer, sample_data: Path):
+    """A viewer with the sample CT and a widget whose layers exist but no model is loaded."""
     ct = sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"
     viewer = make_napari_viewer()
     [(data, kwargs, _)] = get_reader(str(ct))(str(ct))
     image = viewer.add_image(data, **kwargs)
     widget = SamWidget(viewer, device="cpu")
     widget._make_layers(image, kwargs["metadata"]["medsam_volume"])
+    return viewer, image, widget
+
+
+def test_objects_keep_their_prompts(make_napari_viewer, sample_data: Path) -> None:
+    """Switching objects swaps the prompt layers' contents, point types and colours intact
+    (no model needed: nothing is prepared, so nothing is segmented)."""
+    viewer, image, widget = _unprepared_widget(make_napari_viewer, sample_data)
     first = widget.new_object("first", 3)
     widget.points_layer.add([[4, 10, 20]])
     widget.toggle_point_type()
@@ -341,12 +347,7 @@ def test_status_tells_the_truth(make_napari_viewer, qtbot, sample_data: Path, tm
 def test_keys_follow_the_fields_habits(make_napari_viewer, sample_data: Path) -> None:
     """P, B, T, Shift+S, N, C and Ctrl+Z / Ctrl+Shift+Z on every prompt layer, named in the
     tooltips (no model needed)."""
-    ct = sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"
-    viewer = make_napari_viewer()
-    [(data, kwargs, _)] = get_reader(str(ct))(str(ct))
-    image = viewer.add_image(data, **kwargs)
-    widget = SamWidget(viewer, device="cpu")
-    widget._make_layers(image, kwargs["metadata"]["medsam_volume"])
+    viewer, image, widget = _unprepared_widget(make_napari_viewer, sample_data)
     first = widget.new_object("liver", 5)
     second = widget.new_object("spleen", 1)
     layers = (widget.labels_layer, widget.points_layer, widget.shapes_layer)
@@ -403,3 +404,44 @@ def test_rgb_picture(make_napari_viewer, qtbot, tmp_path: Path) -> None:
     out = tmp_path / "lesion.nii.gz"
     assert widget.export(out) == str(out)
     np.testing.assert_array_equal(load_volume(out).array[0] > 0, mask)
+
+
+def test_session_saved_and_replayed_from_the_cli(make_napari_viewer, qtbot, sample_data: Path, tmp_path: Path) -> None:
+    """A clinician's interactive result (a box, propagation, a painted slice) saved from the
+    widget and replayed by `medsam replay` gives the same labels, voxel for voxel."""
+    import json
+    import subprocess
+    import sys
+
+    import SimpleITK as sitk
+
+    folder = sample_data / "dcmqi_ct3slice" / "ct-3slice"
+    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_data / "dcmqi_ct3slice" / "liver_seg.nrrd"))) == 1
+    viewer = make_napari_viewer()
+    [(data, kwargs, _)] = get_reader(str(folder))(str(folder))
+    image = viewer.add_image(data, **kwargs)
+    widget = SamWidget(viewer, device="cpu")
+    viewer.dims.set_point(0, image.data_to_world([1, 0, 0])[0])
+    widget.ui.name_edit.setText("liver")
+    widget.prepare()
+    qtbot.waitUntil(lambda: widget.session is not None and widget.session.embedder.has(1), timeout=TIMEOUT_MS)
+    labels = widget.labels_layer
+    widget.shapes_layer.data = [box_rect(liver[1], 1)]
+    qtbot.waitUntil(lambda: (labels.data[1] > 0).any(), timeout=TIMEOUT_MS)
+    widget.propagate()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert (labels.data > 0).any(axis=(1, 2)).all()
+    labels.brush_size = 15
+    labels.paint((0, 30, 30), widget.current_label)  # the user paints on slice 0
+    session_file = tmp_path / "session.json"
+    assert widget.save_session(session_file) == str(session_file)
+    record = json.loads(session_file.read_text())
+    [obj] = record["prompts"]["objects"]
+    assert [p["slice"] for p in obj["prompts"]] == [0, 1] and "mask" in obj["prompts"][0]
+    assert widget.save_session(session_file) is None  # never overwritten from code
+
+    out = tmp_path / "replayed.nii.gz"
+    res = subprocess.run([sys.executable, "-m", "medsam", "replay", str(session_file), "-o", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_array_equal(load_volume(out).array, np.asarray(labels.data))

@@ -109,3 +109,28 @@ def test_replay_refuses_changed_inputs_and_weights(run, tmp_path: Path) -> None:
     assert res.returncode == 2 and "gone.dcm: recorded in weights.json is missing" in res.stderr
     res = _replay(ws / "liver.nrrd.measurements.csv", tmp_path / "z.nrrd")
     assert res.returncode == 2 and "is not a JSON sidecar" in res.stderr
+
+
+def test_mask_prompts_round_trip_and_refusals() -> None:
+    """Painted slices travel as run-length masks in the prompts record."""
+    from medsam.errors import PromptError
+    from medsam.io.volume import Volume
+    from medsam.prompts import ObjectPrompts, PromptSet, SlicePrompt, mask_to_rle, parse_prompts
+    from medsam.provenance import prompts_record
+
+    vol = Volume(np.zeros((4, 6, 7), np.int16))
+    mask = np.zeros((6, 7), bool)
+    mask[0, 0:3] = mask[2:5, 4:7] = True
+    assert mask_to_rle(mask) == {"size": [6, 7], "counts": [0, 3, 15, 3, 4, 3, 4, 3, 7]}
+    pset = PromptSet((ObjectPrompts(2, "lesion", (SlicePrompt(1, mask=mask), SlicePrompt(3, box=(1, 1, 4, 4)))),))
+    record = prompts_record(pset)
+    back = parse_prompts(record, vol)
+    np.testing.assert_array_equal(back.objects[0].prompts[0].mask, mask)
+    assert back.objects[0].prompts[1].box == (1, 1, 4, 4)
+    assert [p.get("box") for p in prompts_record(pset, vol)["objects"][0]["prompts"]][0][0] == [1, 1, 3]  # LPS
+    bad = {"space": "voxel", "objects": [{"label": 1, "prompts": [{"slice": 0, "mask": {"size": [6, 6], "counts": [36]}}]}]}
+    with pytest.raises(PromptError, match=r"mask size \[6, 6\] is not the slice's \[6, 7\]"):
+        parse_prompts(bad, vol)
+    bad["objects"][0]["prompts"][0]["mask"] = {"size": [6, 7], "counts": [40]}
+    with pytest.raises(PromptError, match="summing to 42"):
+        parse_prompts(bad, vol)

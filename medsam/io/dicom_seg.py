@@ -207,12 +207,15 @@ def write_dicom_seg(
             )
         )
     sources = source_datasets(like, anonymize=anonymize)
+    frame_numbers = like.meta.extra.get("frame_numbers")
+    if len(sources) == 1 and frame_numbers and len(frame_numbers) == stack.shape[0]:
+        stack = stack[np.argsort(frame_numbers)]  # a multi-frame source: SEG frames follow its frames
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         seg = _segmentation(
             like,
             source_images=sources,
-            pixel_array=stack,  # frames in slice order k, which is the order of the sources
+            pixel_array=stack,  # in the order of the source images (or frames)
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=generate_uid(),
