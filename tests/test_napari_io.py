@@ -181,10 +181,19 @@ def test_dicom_seg_opens_on_its_series_and_saves_back(make_napari_viewer, sample
 
     seg_path = sample_data / "dcmqi_ct3slice" / "dicom_seg" / "liver_seg_pydicom-data.dcm"
     liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_data / "dcmqi_ct3slice" / "liver_seg.nrrd")))
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
     image, labels = viewer.open(str(seg_path), plugin=PLUGIN)
     assert image.data.shape == labels.data.shape == (3, 512, 512)
     np.testing.assert_array_equal(labels.data, liver)
+    # a screenshot for the README (docs/napari_seg.png is a copy of this)
+    viewer.dims.set_point(0, image.data_to_world([1, 0, 0])[0])
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot.std() > 10
+    from imageio.v3 import imwrite
+
+    artifacts = Path(__file__).resolve().parent / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    imwrite(artifacts / "napari_seg.png", shot)
     assert labels.name == "liver_seg_pydicom-data.dcm (Liver)"
     # on top of its series: the same world placement, LPS mm
     np.testing.assert_allclose(labels.data_to_world([2, 10, 20]), image.data_to_world([2, 10, 20]))
