@@ -195,14 +195,19 @@ def test_widget_user_session(make_napari_viewer, qtbot, sample_data: Path, tmp_p
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
 
 
-def _unprepared_widget(make_napari_viewer, sample_data: Path):
-    """A viewer with the sample CT and a widget whose layers exist but no model is loaded."""
+def _ct_widget(make_napari_viewer, sample_data: Path):
+    """A viewer with the 3 mm sample CT opened by the plugin's reader, and a widget."""
     ct = sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"
     viewer = make_napari_viewer()
     [(data, kwargs, _)] = get_reader(str(ct))(str(ct))
     image = viewer.add_image(data, **kwargs)
-    widget = SamWidget(viewer, device="cpu")
-    widget._make_layers(image, kwargs["metadata"]["medsam_volume"])
+    return viewer, image, SamWidget(viewer, device="cpu")
+
+
+def _unprepared_widget(make_napari_viewer, sample_data: Path):
+    """A viewer with the sample CT and a widget whose layers exist but no model is loaded."""
+    viewer, image, widget = _ct_widget(make_napari_viewer, sample_data)
+    widget._make_layers(image, image.metadata["medsam_volume"])
     return viewer, image, widget
 
 
@@ -235,12 +240,8 @@ def test_objects_keep_their_prompts(make_napari_viewer, sample_data: Path) -> No
 def test_brush_edits_are_kept(make_napari_viewer, qtbot, sample_data: Path) -> None:
     """A painted slice belongs to the user: propagating a second object and correcting the
     first one elsewhere leave the painted voxels as painted, and the painted mask is a prompt."""
-    ct = sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    viewer, image, widget = _ct_widget(make_napari_viewer, sample_data)
     ref = load_volume(sample_data / "totalsegmentator" / "example_seg.nii.gz").array
-    viewer = make_napari_viewer()
-    [(data, kwargs, _)] = get_reader(str(ct))(str(ct))
-    image = viewer.add_image(data, **kwargs)
-    widget = SamWidget(viewer, device="cpu")
     k, kp = 24, 20  # the liver's box slice, the slice the user paints
     viewer.dims.set_point(0, image.data_to_world([k, 0, 0])[0])
     widget.ui.name_edit.setText("liver")
@@ -301,12 +302,8 @@ def test_status_tells_the_truth(make_napari_viewer, qtbot, sample_data: Path, tm
     import torch
     from napari.utils.notifications import notification_manager
 
-    ct = sample_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    viewer, image, widget = _ct_widget(make_napari_viewer, sample_data)
     ref = load_volume(sample_data / "totalsegmentator" / "example_seg.nii.gz").array
-    viewer = make_napari_viewer()
-    [(data, kwargs, _)] = get_reader(str(ct))(str(ct))
-    image = viewer.add_image(data, **kwargs)
-    widget = SamWidget(viewer, device="cpu")
     wrong = tmp_path / "sam.pth"
     torch.save({"foo": torch.zeros(3)}, wrong)
     for checkpoint, problem in ((wrong, "not a sam_vit_b checkpoint"), (tmp_path / "missing.pth", "no such file")):

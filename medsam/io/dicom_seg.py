@@ -30,6 +30,7 @@ from medsam.errors import InputFileError
 from medsam.io.dicom_seg_sources import source_datasets
 from medsam.io.seg_codes import code_segment
 from medsam.io.volume import Volume
+from medsam.overlay import LABEL_COLOURS  # the SEG's default colours are medsam's overlay colours
 
 __all__ = [
     "AlgorithmInfo",
@@ -49,7 +50,6 @@ logger = logging.getLogger(__name__)
 #: Fractional SEG pixels at or above this fraction of MaximumFractionalValue count as inside.
 FRACTIONAL_THRESHOLD = 0.5
 _TRACKING_PREFIX = "medsam label "
-_COLOURS = ((230, 60, 60), (60, 140, 230), (250, 200, 40), (170, 90, 220), (40, 200, 160), (240, 130, 40))
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,8 @@ def write_dicom_seg(
         ``{label value: name}`` for a label map, or ``N`` names for object masks; missing
         names are ``"object V"``. Names choose the coded anatomy.
     colors:
-        ``{label value: (r, g, b)}`` 0-255 display colours (default: medsam's palette).
+        ``{label value: (r, g, b)}`` 0-255 display colours (default:
+        :data:`medsam.overlay.LABEL_COLOURS`).
     algorithm:
         Recorded in every segment (name, version, and model/adapter as parameters).
     anonymize:
@@ -191,7 +192,7 @@ def write_dicom_seg(
     descriptions = []
     for number, (value, name) in enumerate(zip(values, seg_names, strict=True), start=1):
         coding = code_segment(name)
-        rgb = (colors or {}).get(value) or _COLOURS[(value - 1) % len(_COLOURS)]
+        rgb = (colors or {}).get(value) or tuple(int(c) for c in LABEL_COLOURS[(value - 1) % len(LABEL_COLOURS)])
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,

@@ -100,13 +100,13 @@ def _repair(datasets: list, source: str) -> None:
         for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
             if not str(ds.get(key, "") or ""):
                 missing.add(key)
-                ds[key] = _new_attr(key, _uid_for(key, seed))
+                setattr(ds, key, _uid_for(key, seed))
         meta = getattr(ds, "file_meta", None) or {}
         for key, meta_key in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
             value = str(meta.get(meta_key, "") or "")
             if not str(ds.get(key, "") or "") and value:
                 recovered.add(key)  # the file meta header still has it
-                ds[key] = _new_attr(key, value)
+                setattr(ds, key, value)
         if not str(ds.get("SOPClassUID", "") or ""):
             raise InputFileError(ds.filename, "has no SOPClassUID, in its header or its file meta header")
         if not str(ds.get("SOPInstanceUID", "") or ""):
@@ -133,10 +133,3 @@ def _pseudonymise(datasets: list) -> None:
                 ds[key].value = ""
         for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
             ds[key].value = _uid_for("anonymize", str(ds[key].value))
-
-
-def _new_attr(keyword: str, value: str):
-    from pydicom.datadict import tag_for_keyword
-    from pydicom.dataelem import DataElement
-
-    return DataElement(tag_for_keyword(keyword), "UI", value)
