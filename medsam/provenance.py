@@ -32,7 +32,7 @@ from medsam.prompts import PromptSet, mask_to_rle
 from medsam.session import PropagationConfig
 
 __all__ = [
-    "provenance", "session_record", "input_files", "hashed", "prompts_record", "environment", "LIBRARIES",
+    "provenance", "session_record", "history_record", "input_files", "hashed", "prompts_record", "environment", "LIBRARIES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,26 @@ def prompts_record(prompts: PromptSet, volume: Volume | None = None) -> dict[str
     return {"space": "voxel" if volume is None else "lps", "objects": objects}
 
 
+def history_record(events, volume: Volume) -> list[dict[str, Any]]:
+    """A session's :class:`~medsam.session.SessionEvent` list, in order, for the sidecar.
+
+    Each entry has ``step`` (1, 2, ...), ``action``, ``label`` and, where they apply,
+    ``slice``, ``prompt`` (voxel space, as in a prompts file), ``prompt_lps`` (LPS mm) and the
+    event's details (``direction``, ``z_range``).
+    """
+    out = []
+    for i, e in enumerate(events, 1):
+        entry: dict[str, Any] = {"step": i, "action": e.action, "label": int(e.label)}
+        if e.slice is not None:
+            entry["slice"] = int(e.slice)
+        if e.prompt is not None:
+            entry["prompt"] = _prompt_dict(e.prompt, None)
+            entry["prompt_lps"] = _prompt_dict(e.prompt, volume)
+        entry.update(e.detail)
+        out.append(entry)
+    return out
+
+
 def environment() -> dict[str, Any]:
     """Versions of the libraries that make a result, Python and the platform."""
     versions = {}
@@ -137,6 +157,10 @@ def session_record(
     """A replayable sidecar of an interactive session (a :class:`~medsam.volume.VolumePredictor`
     with an open session): every object's prompts as they stand, painted slices as mask
     prompts, the model, window and engine. ``medsam replay`` runs it from the command line.
+
+    ``history`` (:func:`history_record`) lists every prompt and correction in the order the
+    user made them, with removals and re-propagations; replay runs the final ``prompts``,
+    which give the same masks because a correction owns its stretch of slices.
     """
     from medsam import __version__
     from medsam.models.accel import prepare
@@ -170,5 +194,6 @@ def session_record(
             series_uid=series_uid,
         ),
         "confidence": session.confidence(),
+        "history": history_record(session.history, volume),
         "source": "napari session",
     }

@@ -98,7 +98,7 @@ def run_and_write(
     from medsam.models.accel import prepare
     from medsam.pipeline import segment_volume, summarize
     from medsam.progress import progress_bar
-    from medsam.provenance import provenance
+    from medsam.provenance import history_record, provenance
     from medsam.session import PropagationConfig
     from medsam.volume import VolumePredictor
 
@@ -135,6 +135,7 @@ def run_and_write(
     if bar is not None:
         bar.close()
     model_name, weights_id, device = vp.model.name, vp.model.weights_id, str(vp.model.device)
+    history = history_record(vp.session.history, volume) if vp.session is not None else []
     vp.close()  # the embeddings (2 GB for 1000 slices) are not needed to write the result
     rows = summarize(result, volume)
     names = {int(r["label"]): r["name"] for r in rows}
@@ -161,6 +162,7 @@ def run_and_write(
         "objects": rows,
         "measurements": [m.as_dict() for m in measurements],
         "confidence": result.confidence,
+        "history": history,
         "seconds": round(result.seconds, 3),
         **(extra or {}),
     }

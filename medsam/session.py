@@ -17,7 +17,7 @@ from medsam.intensity import Window
 from medsam.predictor import SlicePrediction
 from medsam.prompts import SlicePrompt
 
-__all__ = ["PropagationConfig", "SliceResult", "ObjectState", "VolumeSession", "PropagationStep"]
+__all__ = ["PropagationConfig", "SliceResult", "ObjectState", "SessionEvent", "VolumeSession", "PropagationStep"]
 
 
 @dataclass(frozen=True)
@@ -133,14 +133,47 @@ class ObjectState:
         return sorted(self.prompts)
 
 
+@dataclass(frozen=True)
+class SessionEvent:
+    """One user action in a session, in the order it happened (the correction history).
+
+    Attributes
+    ----------
+    action:
+        ``"prompt"`` (object ``label``'s prompt on ``slice`` became ``prompt``: a first
+        prompt or a correction), ``"remove_prompt"``, ``"remove_object"``, ``"z_range"``
+        (3D-box mode) or ``"propagate"`` (``slice`` is the start slice of a re-propagation,
+        ``None`` for the whole object).
+    label:
+        The object.
+    slice:
+        Slice index ``k`` of the action, where it has one.
+    prompt:
+        The object's whole prompt on that slice after the action (voxel indices of the
+        slice: points ``(x, y)``, box ``(x0, y0, x1, y1)``; painted slices as a mask).
+    detail:
+        ``{"direction": ...}`` for propagation, ``{"z_range": [k0, k1]}`` for 3D boxes.
+    """
+
+    action: str
+    label: int
+    slice: int | None = None
+    prompt: SlicePrompt | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class VolumeSession:
-    """The typed state of one volume being segmented (SAM2's inference state, as a dataclass)."""
+    """The typed state of one volume being segmented (SAM2's inference state, as a dataclass).
+
+    ``history`` lists every prompt, correction, removal and propagation in order.
+    """
 
     volume: Any
     window: Window
     embedder: SliceEmbedder
     objects: dict[int, ObjectState] = field(default_factory=dict)
+    history: list[SessionEvent] = field(default_factory=list)
 
     @property
     def grid_shape(self) -> tuple[int, int, int]:

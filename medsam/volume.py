@@ -49,6 +49,7 @@ from medsam.session import (
     ObjectState,
     PropagationConfig,
     PropagationStep,
+    SessionEvent,
     SliceResult,
     VolumeSession,
 )
@@ -145,7 +146,9 @@ class VolumePredictor:
 
     def remove_object(self, obj_id: int) -> None:
         """Delete an object with all its prompts and masks."""
-        self._session().objects.pop(int(obj_id), None)
+        s = self._session()
+        if s.objects.pop(int(obj_id), None) is not None:
+            s.history.append(SessionEvent("remove_object", int(obj_id)))
 
     def add_object(self, obj_id: int, name: str | None = None) -> ObjectState:
         """Return object ``obj_id``, creating it without prompts if needed (renaming if ``name``)."""
@@ -161,9 +164,11 @@ class VolumePredictor:
 
     def remove_prompt(self, slice: int, obj_id: int) -> None:
         """Drop object ``obj_id``'s prompt on ``slice`` and that slice's mask (others are kept)."""
-        obj = self._session().objects.get(int(obj_id))
+        s = self._session()
+        obj = s.objects.get(int(obj_id))
         if obj is not None:
-            obj.prompts.pop(int(slice), None)
+            if obj.prompts.pop(int(slice), None) is not None:
+                s.history.append(SessionEvent("remove_prompt", obj.label, int(slice)))
             obj.results.pop(int(slice), None)
 
     # ------------------------------------------------------------------ prompts
@@ -199,6 +204,7 @@ class VolumePredictor:
         if not clear and slice in obj.prompts:
             prompt = merge_slice_prompts([obj.prompts[slice], prompt])[0]
         obj.prompts[prompt.slice] = prompt
+        s.history.append(SessionEvent("prompt", obj.label, prompt.slice, prompt))
         result = self._segment_prompted(obj, prompt.slice)
         return result
 
@@ -211,6 +217,9 @@ class VolumePredictor:
             for p in merge_slice_prompts(op.prompts):
                 validate_slice_prompt(p, s.grid_shape, f"object {op.name!r}")
                 obj.prompts[p.slice] = p
+                s.history.append(SessionEvent("prompt", obj.label, p.slice, p))
+            if op.z_range is not None:
+                s.history.append(SessionEvent("z_range", obj.label, detail={"z_range": list(op.z_range)}))
             if op.z_range is not None:
                 boxes = [p.box for p in obj.prompts.values() if p.box is not None]
                 if boxes:
@@ -236,8 +245,10 @@ class VolumePredictor:
         if not k0 <= key <= k1:
             raise PromptError(f"key slice {key} lies outside z_range {[k0, k1]}")
         result = self.add_prompt(key, obj_id, box=box, name=name, clear=True)
-        obj = self._session().objects[int(obj_id)]
+        s = self._session()
+        obj = s.objects[int(obj_id)]
         obj.z_range = (k0, k1)
+        s.history.append(SessionEvent("z_range", obj.label, key, detail={"z_range": [k0, k1]}))
         obj.xy_box = tuple(float(v) for v in box)
         return result
 
@@ -398,6 +409,7 @@ class VolumePredictor:
                 continue
             if start_slice is not None and start_slice not in obj.prompts:
                 raise PromptError(f"object {obj.name!r} has no prompt on slice {start_slice}")
+            s.history.append(SessionEvent("propagate", obj.label, start_slice, detail={"direction": direction}))
             for seed, end, step in self._segments(obj, start_slice):
                 if step not in steps:
                     continue

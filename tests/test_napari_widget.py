@@ -435,6 +435,9 @@ def test_session_saved_and_replayed_from_the_cli(make_napari_viewer, qtbot, samp
     record = json.loads(session_file.read_text())
     [obj] = record["prompts"]["objects"]
     assert [p["slice"] for p in obj["prompts"]] == [0, 1] and "mask" in obj["prompts"][0]
+    # the history keeps the order: the box on slice 1, its propagation, then the painted slice 0
+    steps = [(e["action"], e.get("slice"), sorted(e.get("prompt", {}))) for e in record["history"]]
+    assert steps == [("prompt", 1, ["box", "slice"]), ("propagate", None, []), ("prompt", 0, ["mask", "slice"])]
     assert widget.save_session(session_file) is None  # never overwritten from code
 
     out = tmp_path / "replayed.nii.gz"

@@ -134,3 +134,39 @@ def test_mask_prompts_round_trip_and_refusals() -> None:
     bad["objects"][0]["prompts"][0]["mask"] = {"size": [6, 7], "counts": [40]}
     with pytest.raises(PromptError, match="summing to 42"):
         parse_prompts(bad, vol)
+
+
+def test_cli_sidecar_history(run) -> None:
+    """A CLI run's history: the prompts as applied, then one propagation of the object."""
+    side = run[3]
+    assert [(e["action"], e.get("slice")) for e in side["history"]] == [("prompt", 0), ("prompt", 1), ("propagate", None)]
+    assert side["history"][1]["prompt"]["box"] == [80.0, 146.0, 349.0, 365.0]
+
+
+def test_session_history_keeps_corrections_in_order(sample_data: Path) -> None:
+    """An interactive session: a box, propagation, a negative click on another slice, its
+    re-propagation, a second click on the first slice. The sidecar lists them in that order,
+    in voxel and in LPS mm, and each LPS point maps back to its voxel."""
+    from medsam.provenance import session_record
+    from medsam.volume import VolumePredictor
+
+    ct = load_volume(sample_data / "dcmqi_ct3slice" / "ct-3slice")
+    vp = VolumePredictor(device="cpu")
+    vp.init_volume(ct)
+    vp.add_prompt(1, 1, box=(80, 146, 349, 365), name="liver")
+    list(vp.propagate())
+    vp.add_prompt(2, 1, points=[(300, 200)], point_labels=[0])  # a correction on slice 2
+    list(vp.propagate(start_slice=2))
+    vp.add_prompt(1, 1, points=[(200, 250)], point_labels=[1])  # and one on slice 1
+    vp.remove_prompt(2, 1)
+    record = session_record(vp)
+    steps = [(e["step"], e["action"], e.get("slice")) for e in record["history"]]
+    assert steps == [(1, "prompt", 1), (2, "propagate", None), (3, "prompt", 2), (4, "propagate", 2),
+                     (5, "prompt", 1), (6, "remove_prompt", 2)]
+    h = record["history"]
+    assert h[2]["prompt"] == {"slice": 2, "points": [[300.0, 200.0]], "point_labels": [0]}
+    # the click on slice 1 adds to its box: the event holds the slice's whole prompt
+    assert h[4]["prompt"]["box"] == [80.0, 146.0, 349.0, 365.0] and h[4]["prompt"]["points"] == [[200.0, 250.0]]
+    np.testing.assert_allclose(ct.world_to_index(h[2]["prompt_lps"]["points"]), [[300, 200, 2]], atol=1e-3)
+    assert h[1]["direction"] == "both"
+    json.dumps(record)  # the whole record is JSON
