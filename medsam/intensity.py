@@ -156,6 +156,8 @@ def _percentile_window(array: np.ndarray, max_samples: int = 2_000_000) -> Windo
     flat = np.asarray(array).reshape(-1)
     step = max(1, flat.size // max_samples)
     sample = flat[::step]
+    if np.issubdtype(sample.dtype, np.floating):
+        sample = sample[np.isfinite(sample)]
     background = sample.min() if sample.size else 0
     fg = sample[sample > background]
     if fg.size < 16:
@@ -234,7 +236,8 @@ def apply_window(array: np.ndarray, window: Window, out: np.ndarray | None = Non
     Returns
     -------
     numpy.ndarray
-        ``float32`` array, same shape as ``array``, values in ``[0, 1]``.
+        ``float32`` array, same shape as ``array``, values in ``[0, 1]``. NaN and
+        infinite voxels map to 0, the window's minimum.
     """
     a = np.asarray(array)
     if out is None:
@@ -242,6 +245,10 @@ def apply_window(array: np.ndarray, window: Window, out: np.ndarray | None = Non
     np.subtract(a, np.float32(window.low), out=out, dtype=np.float32, casting="unsafe")
     np.multiply(out, np.float32(1.0 / (window.high - window.low)), out=out)
     np.clip(out, 0.0, 1.0, out=out)
+    if np.issubdtype(a.dtype, np.floating):
+        bad = ~np.isfinite(a)
+        if bad.any():  # NaN and infinite voxels are the window's minimum
+            out[bad] = 0.0
     return out
 
 
@@ -266,6 +273,9 @@ def apply_window_tensor(tensor: Any, window: Window) -> Any:
     out = tensor.float()
     if out.data_ptr() == tensor.data_ptr():
         out = out.clone()
+    if out.is_floating_point():  # NaN and infinite voxels are the window's minimum
+        low = float(np.float32(window.low))
+        out.nan_to_num_(nan=low, posinf=low, neginf=low)
     out.sub_(float(np.float32(window.low)))
     out.mul_(float(np.float32(1.0 / (window.high - window.low))))
     return out.clamp_(0.0, 1.0)

@@ -323,11 +323,26 @@ def read_dicom_file(path: Path, *, series_uid: str | None = None) -> Volume:
     InputFileError
         Not DICOM, truncated, a non-image object (SR, RTSTRUCT, SEG ...), or undecodable.
     """
+    size = path.stat().st_size
+    if size == 0:
+        raise InputFileError(path, "is empty (0 bytes), not a DICOM file")
+    marker = has_dicm_marker(path)
     try:
-        ds = pydicom.dcmread(path, defer_size="1 KB", force=not has_dicm_marker(path))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pydicom_log = logging.getLogger("pydicom")
+            level, pydicom_log.level = pydicom_log.level, logging.ERROR  # its warnings become ours
+            try:
+                ds = pydicom.dcmread(path, defer_size="1 KB", force=not marker)
+            finally:
+                pydicom_log.setLevel(level)
         h = Header.from_dataset(path, ds)
     except Exception as exc:  # pydicom raises many types on corrupt files
         raise InputFileError(path, f"is not a readable DICOM file ({short_error(exc)})") from None
+    if any("End of file reached" in str(w.message) for w in caught):
+        raise InputFileError(path, f"is truncated: the file ends ({size:,} bytes) inside a DICOM data element")
+    if not marker and not h.sop_class_uid and not h.rows:
+        raise InputFileError(path, "is not a DICOM file (no DICM marker and no DICOM image header)")
     if h.non_image:
         raise InputFileError(path, f"is a DICOM {describe_non_image(h)}, not an image")
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):

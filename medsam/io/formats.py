@@ -197,6 +197,25 @@ def image_to_volume(
     return Volume(array, spacing, origin, direction, modality=modality, source=source, meta=meta)
 
 
+def _mark_non_finite(vol: Volume, flat: np.ndarray, frame: int, path: Path) -> None:
+    """Give NaN and infinite voxels (file-order ``flat`` indices of frame ``frame``) the
+    image's lowest finite value, so that every window shows them as its minimum; warn."""
+    a = vol.array
+    n = a.size
+    flat = flat[(flat >= frame * n) & (flat < (frame + 1) * n)] - frame * n
+    if not flat.size:
+        return
+    view = a.reshape(-1)  # (Z, Y, X) C order is the file's order, x fastest
+    view[flat] = np.nan
+    low = np.nanmin(view) if flat.size < n else 0
+    view[flat] = low
+    vol.meta.extra["non_finite_voxels"] = int(flat.size)
+    logger.warning(
+        "%s: %s of %s voxels are NaN or infinite; they are treated as the window's minimum",
+        path, f"{flat.size:,}", f"{n:,}",
+    )
+
+
 def read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
     """Read a NIfTI, NRRD or MetaImage file through SimpleITK.
 
@@ -219,8 +238,8 @@ def read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
     Raises
     ------
     InputFileError
-        Unreadable file, a 4D image without (or with an out-of-range) ``frame``, or a
-        vector image.
+        Unreadable file, a NIfTI file with less voxel data than its header declares, a 4D
+        image without (or with an out-of-range) ``frame``, or a vector image.
     """
     label = {"nifti": "NIfTI", "nrrd": "NRRD"}.get(fmt, "MetaImage")
     reader = sitk.ImageFileReader()
@@ -267,6 +286,12 @@ def read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
             path,
             f"has {ncomp} values per voxel (a vector or colour volume); medsam reads scalar images",
         )
+    non_finite = None
+    if fmt == "nifti" and path.name.lower().endswith((".nii", ".nii.gz")):
+        from medsam.io.nifti_check import scan_nifti_data
+
+        # SimpleITK zero-fills a truncated file without a word, and reads NaN as 0
+        non_finite = scan_nifti_data(path)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -287,5 +312,7 @@ def read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
         affine = nib.load(str(path)).affine
     meta = SourceMetadata(format=fmt, extra=extra)
     vol = image_to_volume(image, source=path, meta=meta, affine_ras=affine)
+    if non_finite is not None and non_finite.size:
+        _mark_non_finite(vol, non_finite, extra.get("frame", 0), path)
     logger.info("read %s: %s", path, vol)
     return vol

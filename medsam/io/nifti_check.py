@@ -1,0 +1,95 @@
+"""A NIfTI file must hold all the voxel data its header declares; NaN voxels are counted.
+
+SimpleITK reads a ``.nii.gz`` whose gzip stream was cut short, or a ``.nii`` cut short,
+without an error and fills the missing voxels; it also reads NaN voxels as 0 (water on
+CT). :func:`scan_nifti_data` reads the voxel bytes once, in 1 MiB pieces, before SimpleITK
+does: it compares the bytes that the header promises (``vox_offset`` plus shape times
+bytes per voxel) with the bytes the file holds, so a truncated file is refused and a header
+that declares far more voxels than the file holds never allocates them; and for float data
+it finds the NaN and infinite voxels, which the reader then marks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from medsam.errors import InputFileError
+
+__all__ = ["scan_nifti_data"]
+
+_CHUNK = 1 << 20
+
+
+def _pieces(path: Path, offset: int, limit: int) -> Iterator[bytes]:
+    """The file's voxel bytes after ``offset`` (at most ``limit``); a cut gzip stream just ends."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            skip = offset
+            while skip > 0:
+                got = f.read(min(skip, _CHUNK))
+                if not got:
+                    return
+                skip -= len(got)
+            left = limit
+            while left > 0:
+                chunk = f.read(min(left, _CHUNK))
+                if not chunk:
+                    return
+                left -= len(chunk)
+                yield chunk
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        return  # a truncated or damaged stream: what was read so far counts
+
+
+def scan_nifti_data(path: Path) -> np.ndarray:
+    """Check ``path``'s voxel data against its header; return its non-finite voxels.
+
+    Returns
+    -------
+    numpy.ndarray
+        Flat indices, in file order (x fastest), of the NaN and infinite voxels of a float
+        image; empty for integer images.
+
+    Raises
+    ------
+    InputFileError
+        The file holds less voxel data than its header declares ("is truncated: expected
+        N bytes of voxel data, found M").
+    """
+    import nibabel as nib
+
+    try:
+        proxy = nib.load(str(path)).dataobj  # the file's own offset (the image's header copy has 0)
+        offset, dtype, shape = int(proxy.offset), np.dtype(proxy.dtype), tuple(int(v) for v in proxy.shape)
+    except Exception:  # noqa: BLE001 - SimpleITK reports unreadable headers in its own words
+        return np.zeros(0, np.int64)
+    expected = math.prod(shape) * dtype.itemsize
+    if not path.name.lower().endswith(".gz"):  # the size says it all, without reading
+        found = max(0, path.stat().st_size - offset)
+        if found < expected:
+            raise InputFileError(path, f"is truncated: expected {expected:,} bytes of voxel data, found {found:,}")
+    floating = dtype.kind == "f"
+    found, carry, bad = 0, b"", []
+    for chunk in _pieces(path, offset, expected):
+        if floating:
+            data = carry + chunk
+            n = len(data) // dtype.itemsize * dtype.itemsize
+            values = np.frombuffer(data[:n], dtype=dtype)
+            hits = np.flatnonzero(~np.isfinite(values))
+            if hits.size:
+                bad.append(hits + (found - len(carry)) // dtype.itemsize)
+            carry = data[n:]
+        elif not path.name.lower().endswith(".gz"):
+            break  # an integer .nii: nothing more to learn
+        found += len(chunk)
+    else:
+        if found < expected:
+            raise InputFileError(path, f"is truncated: expected {expected:,} bytes of voxel data, found {found:,}")
+    return np.concatenate(bad) if bad else np.zeros(0, np.int64)
