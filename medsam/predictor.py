@@ -14,10 +14,12 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
+from medsam.click_prompts import ClickConfig, answers_points, translate_clicks
 from medsam.errors import PromptError
 from medsam.models.accel import Engine, InferenceConfig, prepare
 from medsam.models.base import PromptableSam
@@ -187,6 +189,12 @@ class SlicePredictor:
     inference
         How ``set_image`` runs the encoder (:class:`~medsam.inference.InferenceConfig`);
         the default is the fast path.
+    clicks
+        How point prompts are answered. ``"auto"``: by the model when it was trained with
+        points, else (LiteMedSAM without a point-trained adapter) as boxes chosen from the
+        clicks (:mod:`medsam.click_prompts`). ``"boxes"`` or ``"model"`` force either way.
+    click_config
+        Settings of the click translation (:class:`~medsam.click_prompts.ClickConfig`).
 
     Examples
     --------
@@ -205,7 +213,11 @@ class SlicePredictor:
         checkpoint: str | Path | None = None,
         device: DeviceLike = None,
         inference: InferenceConfig | None = None,
+        clicks: Literal["auto", "boxes", "model"] = "auto",
+        click_config: ClickConfig | None = None,
     ) -> None:
+        if clicks not in ("auto", "boxes", "model"):
+            raise ValueError(f"clicks must be 'auto', 'boxes' or 'model', got {clicks!r}")
         if isinstance(model, str):
             model = load_model(model, checkpoint=checkpoint, device=device)
         elif isinstance(model, PromptableSam):
@@ -221,6 +233,8 @@ class SlicePredictor:
             )
         self.model = model
         self.inference = inference or InferenceConfig()
+        self.clicks = clicks
+        self.click_config = click_config or ClickConfig()
         self.reset_image()
 
     # ------------------------------------------------------------------ image state
@@ -323,6 +337,7 @@ class SlicePredictor:
             ``(1, 256, 256)`` or ``(256, 256)`` low-res logits of an earlier prediction.
         multimask
             Return SAM's 3 candidate masks; ``mask`` is the one with the highest score.
+            Clicks answered as boxes (see ``clicks``) return one mask.
 
         Raises
         ------
@@ -342,6 +357,8 @@ class SlicePredictor:
         # The one conversion into the model frame; each prompt gets a batch axis of 1.
         device = self.model.device
         as_batch = functools.partial(_batch_of_one, device=device)
+        if pts is not None and self.translates_clicks:
+            return self._predict_clicks(pts, labels, bbox, mask, as_batch)
         with torch.inference_mode():
             low_res, iou = self._engine.decode(
                 self._embedding,
@@ -362,4 +379,32 @@ class SlicePredictor:
             low_res_logits=low_res_np[best : best + 1],
             masks=masks,
             scores=scores,
+        )
+
+    @property
+    def translates_clicks(self) -> bool:
+        """Whether point prompts are answered as boxes (see the ``clicks`` parameter)."""
+        return self.clicks == "boxes" or (self.clicks == "auto" and not answers_points(self.model))
+
+    def _predict_clicks(self, pts, labels, bbox, mask, as_batch) -> SlicePrediction:
+        """Clicks (with an optional box or earlier mask) answered by a box prompt."""
+        frame = self._frame
+
+        def decode(box: np.ndarray) -> tuple[np.ndarray, float]:
+            low_res, iou = self._engine.decode(self._embedding, boxes=as_batch(box.astype(np.float32)))
+            return low_res[0, 0].float().cpu().numpy(), float(iou[0, 0])
+
+        with torch.inference_mode():
+            res = translate_clicks(
+                decode, self._embedding[0], frame.points_to_model(pts), labels,
+                image_size=self.model.image_size, input_hw=frame.input_hw,
+                box=None if bbox is None else frame.boxes_to_model(bbox),
+                prior=None if mask is None else mask[0], config=self.click_config,
+            )
+            low_res = torch.from_numpy(res.low_res_logits)[None].to(self.model.device)
+            logits = self.model.postprocess(low_res, frame.input_hw, frame.original_hw)
+            best = (logits[0, 0] > 0.0).cpu().numpy()
+        return SlicePrediction(
+            mask=best, score=res.iou, low_res_logits=res.low_res_logits, masks=best[None],
+            scores=np.array([res.iou], np.float32),
         )

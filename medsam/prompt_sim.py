@@ -40,6 +40,7 @@ __all__ = [
     "Prompt",
     "PromptSimConfig",
     "correction_click",
+    "interior_point",
     "fixed_prompt",
     "jitter_box",
     "negative_region",
@@ -112,7 +113,7 @@ class Prompt:
         return Prompt(self.box, pts, np.concatenate([self.labels, [int(label)]]).astype(np.int64))
 
 
-def _interior_point(mask: np.ndarray, rng: np.random.Generator | None = None) -> tuple[float, float]:
+def interior_point(mask: np.ndarray, rng: np.random.Generator | None = None) -> tuple[float, float]:
     """The pixel farthest from the mask's border (random among ties when ``rng`` is given)."""
     dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     best = np.flatnonzero(dist == dist.max())
@@ -251,8 +252,8 @@ def correction_click(
     if n_fn == 0 and n_fp == 0:
         return None
     if n_fn >= n_fp:
-        return _interior_point(fn, rng), 1
-    return _interior_point(fp, rng), 0
+        return interior_point(fn, rng), 1
+    return interior_point(fp, rng), 0
 
 
 def fixed_prompt(mask: np.ndarray, kind: str, n_points: int = 1, seed: int = 0) -> Prompt:
@@ -272,7 +273,7 @@ def fixed_prompt(mask: np.ndarray, kind: str, n_points: int = 1, seed: int = 0) 
     box_arr = np.asarray(box, np.float32) if kind != "points" else None
     if kind == "box":
         return Prompt(box=box_arr)
-    first = np.asarray([_interior_point(mask)], np.float32)
+    first = np.asarray([interior_point(mask)], np.float32)
     rest_mask = mask.copy()
     rest_mask[int(first[0, 1]), int(first[0, 0])] = False
     rest = sample_pixels(rest_mask, n_points - 1, np.random.default_rng(seed))

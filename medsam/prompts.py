@@ -191,6 +191,10 @@ def _validate_points(
         raise PromptError(
             f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}"
         )
+    finite = np.isfinite(pts).all(axis=1)
+    if not finite.all():
+        bad_x, bad_y = pts[int(np.argmin(finite))]
+        raise PromptError(f"point (x={bad_x:g}, y={bad_y:g}) is not finite: give pixel coordinates")
     h, w = hw
     x, y = pts[:, 0], pts[:, 1]
     inside = np.isfinite(pts).all(axis=1) & (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
@@ -231,7 +235,11 @@ def _validate_box(box: object, hw: tuple[int, int]) -> np.ndarray:
 
 
 def validate_slice_prompt(prompt: SlicePrompt, grid_shape: Sequence[int], where: str = "") -> SlicePrompt:
-    """Validate a :class:`SlicePrompt` against a ``(Z, Y, X)`` grid; returns it unchanged."""
+    """Validate a :class:`SlicePrompt` against a ``(Z, Y, X)`` grid; returns it unchanged.
+
+    Besides shapes and bounds: negative clicks need a positive click, a box or a mask on the
+    same slice (pass the slice's merged prompt, :func:`merge_slice_prompts`).
+    """
     z, h, w = (int(s) for s in grid_shape[:3])
     pre = f"{where}: " if where else ""
     if not 0 <= prompt.slice < z:
@@ -243,6 +251,11 @@ def validate_slice_prompt(prompt: SlicePrompt, grid_shape: Sequence[int], where:
         validate_box(prompt.box, (h, w), where_k)
     if prompt.points:
         validate_points(prompt.points, prompt.point_labels, (h, w), where_k)
+        if prompt.box is None and prompt.mask is None and not any(int(v) == 1 for v in prompt.point_labels):
+            raise PromptError(
+                f"{pre}only negative clicks on slice {prompt.slice}: add a positive click or a box "
+                "(a negative click removes part of an object)"
+            )
     if prompt.mask is not None and prompt.mask.shape != (h, w):
         raise PromptError(f"{pre}mask prompt shape {prompt.mask.shape} does not match the slice ({h}, {w})")
     return prompt
@@ -372,7 +385,7 @@ def parse_prompts(data: Mapping[str, Any], volume: Any) -> PromptSet:
     _require(isinstance(objs, list) and objs, "prompts need a non-empty 'objects' list")
     pset = PromptSet(tuple(_parse_object(o, i, space, volume) for i, o in enumerate(objs)))
     for obj in pset.objects:
-        for p in obj.prompts:
+        for p in merge_slice_prompts(obj.prompts):  # a slice's prompts count together
             validate_slice_prompt(p, volume.grid_shape, f"object {obj.name!r}")
         if obj.z_range is not None:
             z = volume.grid_shape[0]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -190,6 +191,10 @@ class VolumePredictor:
         inclusive. Points add to the slice's earlier points (unless ``clear``); a box or mask
         replaces the earlier one. A correction is just another ``add_prompt``; call
         :meth:`propagate` with ``start_slice`` to re-propagate from it.
+
+        Clicks without a box on a slice that already has a mask (propagated, painted, or
+        the base of earlier clicks) correct that mask: it is kept in the prompt as
+        ``mask`` and the clicks refine it (for LiteMedSAM, :mod:`medsam.click_prompts`).
         """
         s = self._session()
         prompt = SlicePrompt(
@@ -199,10 +204,18 @@ class VolumePredictor:
             box=None if box is None else tuple(box),
             mask=mask,
         )
+        obj = s.objects.get(int(obj_id))
+        old = None if obj is None else obj.prompts.get(int(slice))
+        if old is not None and not clear:
+            prompt = merge_slice_prompts([old, prompt])[0]
+        elif prompt.points and prompt.box is None and prompt.mask is None and obj is not None:
+            # clicks without a box correct the slice's mask: the base they correct is
+            # part of the prompt (so a replay starts from the same mask)
+            base = old.mask if old is not None else (obj.results[slice].mask if slice in obj.results else None)
+            if base is not None and base.any():
+                prompt = replace(prompt, mask=base)
         validate_slice_prompt(prompt, s.grid_shape, f"object {name or obj_id}")
         obj = self.add_object(obj_id, name)
-        if not clear and slice in obj.prompts:
-            prompt = merge_slice_prompts([obj.prompts[slice], prompt])[0]
         obj.prompts[prompt.slice] = prompt
         s.history.append(SessionEvent("prompt", obj.label, prompt.slice, prompt))
         result = self._segment_prompted(obj, prompt.slice)

@@ -145,6 +145,23 @@ def test_inferer_equals_volume_predictor(ct_case, network, litemedsam):
     assert dice(got == 1, ref == CT_LIVER) > 0.9 and dice(got == 2, ref == CT_SPLEEN) > 0.9
 
 
+def test_inferer_answers_one_click(ct_case, network):
+    """A single positive click per organ through the MONAI inferer (LiteMedSAM answers it
+    with a box, medsam.click_prompts): both organs are found on the 3-slice crop."""
+    from medsam.prompt_sim import interior_point
+
+    image, label = ct_case
+    ref = load_volume(label).array
+    prompts = {"space": "voxel", "objects": [
+        {"label": i, "name": name, "prompts": [{"slice": 1, "points": [list(interior_point(ref[1] == lab))]}]}
+        for i, (name, lab) in enumerate((("liver", CT_LIVER), ("spleen", CT_SPLEEN)), 1)
+    ]}
+    img = LoadImage(image_only=True, ensure_channel_first=True)(str(image))
+    out = SamSliceInferer(window="soft_tissue", sw_batch_size=2)(img[None], network, prompts=prompts)
+    got = out[0, 0].numpy().transpose(2, 1, 0)
+    assert dice(got == 1, ref == CT_LIVER) > 0.7 and dice(got == 2, ref == CT_SPLEEN) > 0.7
+
+
 def test_inferer_rejects_bad_input(ct_case, network):
     image, _ = ct_case
     img = LoadImage(image_only=True, ensure_channel_first=True)(str(image))

@@ -150,7 +150,10 @@ def test_points_multimask_and_mask_input(liver_slice, predictor):
     image, liver = liver_slice
     rows, cols = np.nonzero(liver)
     inside = (float(np.median(cols)), float(np.median(rows)))
-    first = predictor.predict(points=[inside], point_labels=[1], multimask=True)
+    # the model's own point path: SAM's 3 ambiguity masks
+    native = SlicePredictor(predictor.model, clicks="model")
+    native.set_image(image)
+    first = native.predict(points=[inside], point_labels=[1], multimask=True)
     assert first.masks.shape == (3, *image.shape) and first.scores.shape == (3,)
     best = int(np.argmax(first.scores))
     assert np.array_equal(first.mask, first.masks[best]) and first.score == pytest.approx(
@@ -158,18 +161,27 @@ def test_points_multimask_and_mask_input(liver_slice, predictor):
     )
     assert first.low_res_logits.shape == (1, 256, 256)
     # LiteMedSAM was trained with box prompts only: a lone foreground point inside the
-    # liver gives an empty mask here (measured predicted IoU 0.14), so only shapes are checked.
+    # liver gives an empty mask there (measured predicted IoU 0.14) ...
+    assert _dice(first.mask, liver) < 0.1
+    # ... so the default path answers clicks with a box (one mask, also with multimask)
+    assert predictor.translates_clicks and not native.translates_clicks
+    predictor.set_image(image)
+    click = predictor.predict(points=[inside], point_labels=[1], multimask=True)
+    assert click.masks.shape == (1, *image.shape) and click.low_res_logits.shape == (1, 256, 256)
+    assert _dice(click.mask, liver) > 0.8
 
     refined = predictor.predict(
-        points=[inside, (5.0, 5.0)], point_labels=[1, 0], mask_input=first.low_res_logits
+        points=[inside, (5.0, 5.0)], point_labels=[1, 0], mask_input=click.low_res_logits
     )
-    assert refined.masks.shape == (1, *image.shape)
-    only_mask = predictor.predict(mask_input=first.low_res_logits[0])  # (256, 256) accepted too
+    assert refined.masks.shape == (1, *image.shape) and _dice(refined.mask, liver) > 0.8
+    only_mask = predictor.predict(mask_input=click.low_res_logits[0])  # (256, 256) accepted too
     assert only_mask.low_res_logits.shape == (1, 256, 256)
     both = predictor.predict(points=[inside], point_labels=[1], box=_tight_box(liver))
     assert both.mask.shape == image.shape
-    # Measured: Dice 0.82 with box + point versus 0.98 with the box alone (points untrained).
-    assert _dice(both.mask, liver) > 0.5
+    # the click beside the box agrees with it: the box's answer (0.98) stands
+    assert _dice(both.mask, liver) > 0.95
+    with pytest.raises(ValueError, match="clicks must be"):
+        SlicePredictor(predictor.model, clicks="points")
 
 
 def test_set_embedding_reuses_embedding(liver_slice, predictor):

@@ -43,12 +43,12 @@ def test_world_json_prompts_on_an_oblique_grid():
     corners = vol.index_to_world([[5, 6, 4], [20, 30, 4.3]], space="lps").tolist()
     point = vol.index_to_world([[10, 11, 7]], space="lps").tolist()
     ps = parse_prompts({"space": "lps", "objects": [{"label": 2, "name": "lesion", "prompts": [
-        {"box": corners}, {"points": point, "point_labels": [0]}]}]}, vol)
+        {"box": corners}, {"points": point, "point_labels": [1]}]}]}, vol)
     (obj,) = ps.objects
     assert obj.label == 2 and obj.name == "lesion"
     box, pts = obj.prompts
     assert box.slice == 4 and box.box == (5.0, 6.0, 20.0, 30.0)
-    assert pts.slice == 7 and pts.points == ((10.0, 11.0),) and pts.point_labels == (0,)
+    assert pts.slice == 7 and pts.points == ((10.0, 11.0),) and pts.point_labels == (1,)
 
 
 def test_world_box_across_slices_and_off_plane_points_are_rejected():
@@ -69,6 +69,8 @@ def test_world_box_across_slices_and_off_plane_points_are_rejected():
         ({"objects": [{"name": "x", "prompts": [{"slice": 0, "box": [1, 1, 2, 2]}]}]}, "missing 'label'"),
         ({"objects": [{"label": 1, "prompts": [{"box": [1, 1, 2, 2]}]}]}, "need an integer 'slice'"),
         ({"objects": [{"label": 1, "prompts": [{"slice": 0}]}]}, "empty prompt"),
+        ({"objects": [{"label": 1, "prompts": [{"slice": 2, "points": [[3, 4]], "point_labels": [0]}]}]},
+         "only negative clicks on slice 2"),
         ({"objects": [{"label": 1, "z_range": [3, 20], "prompts": [{"slice": 4, "box": [1, 1, 2, 2]}]}]},
          "z_range"),
         ({"objects": [{"label": 1, "prompts": [{"slice": 0, "box": [1, 1, 2, 2]}]},

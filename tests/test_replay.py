@@ -164,7 +164,10 @@ def test_session_history_keeps_corrections_in_order(sample_data: Path) -> None:
     assert steps == [(1, "prompt", 1), (2, "propagate", None), (3, "prompt", 2), (4, "propagate", 2),
                      (5, "prompt", 1), (6, "remove_prompt", 2)]
     h = record["history"]
-    assert h[2]["prompt"] == {"slice": 2, "points": [[300.0, 200.0]], "point_labels": [0]}
+    # the click corrects slice 2's propagated mask, which the prompt keeps as its base
+    assert {k: v for k, v in h[2]["prompt"].items() if k != "mask"} == {
+        "slice": 2, "points": [[300.0, 200.0]], "point_labels": [0]}
+    assert sum(h[2]["prompt"]["mask"]["counts"]) == 512 * 512 and len(h[2]["prompt"]["mask"]["counts"]) > 2
     # the click on slice 1 adds to its box: the event holds the slice's whole prompt
     assert h[4]["prompt"]["box"] == [80.0, 146.0, 349.0, 365.0] and h[4]["prompt"]["points"] == [[200.0, 250.0]]
     np.testing.assert_allclose(ct.world_to_index(h[2]["prompt_lps"]["points"]), [[300, 200, 2]], atol=1e-3)

@@ -83,6 +83,9 @@ class ModelSpec:
     meta_init
         The architecture can be built on the ``meta`` device and the weights assigned
         from the file (no random initialisation, no second copy in memory).
+    point_prompts
+        The model was trained with point prompts. ``False`` (LiteMedSAM, boxes only): the
+        predictor answers clicks with boxes (:mod:`medsam.click_prompts`).
     """
 
     name: str
@@ -93,6 +96,7 @@ class ModelSpec:
     verify_bundled: Callable[[Path], str] | None = None
     checkpoint_hint: str = ""
     meta_init: bool = False
+    point_prompts: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():
@@ -109,6 +113,7 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
         preprocessing=LITEMEDSAM_PREPROCESSING,
         bundled_checkpoint=bundled_checkpoint_path,
         verify_bundled=verify_litemedsam_checkpoint,
+        point_prompts=False,
     ),
     "medsam_vit_b": ModelSpec(
         name="medsam_vit_b",
