@@ -142,8 +142,8 @@ class SessionEvent:
     action:
         ``"prompt"`` (object ``label``'s prompt on ``slice`` became ``prompt``: a first
         prompt or a correction), ``"remove_prompt"``, ``"remove_object"``, ``"z_range"``
-        (3D-box mode) or ``"propagate"`` (``slice`` is the start slice of a re-propagation,
-        ``None`` for the whole object).
+        (3D-box mode), ``"propagate"`` (``slice`` is the start slice of a re-propagation,
+        ``None`` for the whole object) or ``"reset"`` (every object dropped; label 0).
     label:
         The object.
     slice:

@@ -139,7 +139,9 @@ class VolumePredictor:
 
     def reset(self) -> None:
         """Drop all objects, prompts and results; keep the volume and its embeddings."""
-        self._session().objects.clear()
+        s = self._session()
+        s.objects.clear()
+        s.history.append(SessionEvent("reset", 0))
 
     def close(self) -> None:
         """End the session: drop the volume, its embeddings and all results (frees their memory)."""

@@ -163,6 +163,8 @@ def test_session_history_keeps_corrections_in_order(sample_data: Path) -> None:
     steps = [(e["step"], e["action"], e.get("slice")) for e in record["history"]]
     assert steps == [(1, "prompt", 1), (2, "propagate", None), (3, "prompt", 2), (4, "propagate", 2),
                      (5, "prompt", 1), (6, "remove_prompt", 2)]
+    vp.reset()
+    assert vp.session.history[-1].action == "reset" and not vp.session.objects
     h = record["history"]
     # the click corrects slice 2's propagated mask, which the prompt keeps as its base
     assert {k: v for k, v in h[2]["prompt"].items() if k != "mask"} == {
