@@ -235,7 +235,6 @@ class VolumePredictor:
                 s.history.append(SessionEvent("prompt", obj.label, p.slice, p))
             if op.z_range is not None:
                 s.history.append(SessionEvent("z_range", obj.label, detail={"z_range": list(op.z_range)}))
-            if op.z_range is not None:
                 boxes = [p.box for p in obj.prompts.values() if p.box is not None]
                 if boxes:
                     b = np.array(boxes)
