@@ -31,12 +31,7 @@ def _pieces(path: Path, offset: int, limit: int) -> Iterator[bytes]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            skip = offset
-            while skip > 0:
-                got = f.read(min(skip, _CHUNK))
-                if not got:
-                    return
-                skip -= len(got)
+            f.seek(offset)  # a gzip file decompresses up to there
             left = limit
             while left > 0:
                 chunk = f.read(min(left, _CHUNK))
