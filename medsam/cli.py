@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--window", default=None, help="preset name, 'L,W', 'header' or 'percentile'")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     seg.add_argument("--series-uid", default=None, help="pick one series from a DICOM folder")
+    seg.add_argument("--frame", type=int, default=None, help="0-based frame of a 4D NIfTI/NRRD/MetaImage file")
     seg.add_argument("--cache-dir", type=Path, default=None, help="on-disk embedding cache folder (default: $MEDSAM_CACHE_DIR if set)")
     seg.add_argument(
         "--backend", default="auto", choices=BACKENDS,
@@ -139,6 +141,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from medsam.intensity import resolve_window
     from medsam.io import load_volume
     from medsam.io.save import check_mask_format, check_mask_path
+    from medsam.io.volume import require_segmentable
     from medsam.segment_run import RunSettings, run_and_write
 
     t0 = time.perf_counter()
@@ -149,7 +152,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise InputFileError(out, "--anonymize applies to DICOM SEG (.dcm) output only")
     # A sidecar (or measurements table) without its mask is stale (the mask is checked
     # above): it is replaced.
-    volume = load_volume(args.input, series_uid=args.series_uid)
+    volume = load_volume(args.input, series_uid=args.series_uid, frame=args.frame)
+    require_segmentable(volume)
     check_mask_format(out, volume)
     prompts = _prompt_set(args, volume)
     # with an adapter and no --window: the adapter's training window (run_and_write)
@@ -270,6 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _log_warning  # one line each, like the logged warnings
+        return _run(args)
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Show a Python warning (e.g. a DICOM geometry warning) as one log line, without the
+    source line that :func:`warnings.showwarning` prints under it."""
+    logging.getLogger("medsam").warning("%s", message)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except MedsamError as exc:

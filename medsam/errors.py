@@ -21,8 +21,14 @@ class InputFileError(MedsamError, ValueError):
 
     def __init__(self, path: str | Path, problem: str) -> None:
         self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
+        self.problem = one_line(problem)
+        super().__init__(f"{one_line(str(path))}: {self.problem}")
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines and other control characters (e.g. from a damaged file's
+    header, quoted in a message) shown as ``?``, so that a message stays one line."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 class MissingInputError(InputFileError, FileNotFoundError):

@@ -242,8 +242,9 @@ def apply_window(array: np.ndarray, window: Window, out: np.ndarray | None = Non
     a = np.asarray(array)
     if out is None:
         out = np.empty(a.shape, dtype=np.float32)
-    np.subtract(a, np.float32(window.low), out=out, dtype=np.float32, casting="unsafe")
-    np.multiply(out, np.float32(1.0 / (window.high - window.low)), out=out)
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range: +-inf, clipped to 0 or 1
+        np.subtract(a, np.float32(window.low), out=out, dtype=np.float32, casting="unsafe")
+        np.multiply(out, np.float32(1.0 / (window.high - window.low)), out=out)
     np.clip(out, 0.0, 1.0, out=out)
     if np.issubdtype(a.dtype, np.floating):
         bad = ~np.isfinite(a)

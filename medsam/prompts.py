@@ -20,6 +20,7 @@ SlicePrompt(slice=3, points=(), point_labels=(), box=(10.0, 20.0, 30.0, 40.0), m
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -201,7 +202,7 @@ def _validate_points(
     if not inside.all():
         bad_x, bad_y = pts[int(np.argmin(inside))]
         raise PromptError(
-            f"point (x={bad_x:g}, y={bad_y:g}) is outside the {h}x{w} image "
+            f"point (x={bad_x:g}, y={bad_y:g}) is outside the {w}x{h} image "
             f"(x in [0, {w - 1}], y in [0, {h - 1}])"
         )
     return pts, labels.astype(np.int64)
@@ -229,7 +230,7 @@ def _validate_box(box: object, hw: tuple[int, int]) -> np.ndarray:
     h, w = hw
     if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
         raise PromptError(
-            f"{text} is outside the {h}x{w} image (x in [0, {w - 1}], y in [0, {h - 1}])"
+            f"{text} is outside the {w}x{h} image (x in [0, {w - 1}], y in [0, {h - 1}])"
         )
     return bbox
 
@@ -319,41 +320,54 @@ def _parse_object(obj: Mapping[str, Any], idx: int, space: str, volume: Any) -> 
     raw = obj.get("prompts", [])
     _require(isinstance(raw, list) and raw, f"{where}: 'prompts' must be a non-empty list")
     prompts = []
-    for p in raw:
-        _require(isinstance(p, Mapping), f"{where}: each prompt must be a JSON object")
-        unknown = set(p) - {"slice", "box", "points", "point_labels", "mask"}
-        _require(not unknown, f"{where}: unknown prompt keys {sorted(unknown)}")
-        pts = p.get("points") or []
-        labels = p.get("point_labels") or [1] * len(pts)
-        if space == "voxel":
-            _require("slice" in p and isinstance(p["slice"], int), f"{where}: voxel prompts need an integer 'slice'")
-            k = int(p["slice"])
-            box = p.get("box")
-            mask = None
-            if p.get("mask") is not None:
-                mask = rle_to_mask(p["mask"], tuple(volume.grid_shape[1:3]), f"{where}, slice {k}")
-            prompts.append(
-                SlicePrompt(k, points=[tuple(q[:2]) for q in pts], point_labels=labels, box=box, mask=mask)
-            )
-            continue
-        _require("mask" not in p, f"{where}: mask prompts are in voxel space only")
-        _require("slice" not in p, f"{where}: omit 'slice' in {space} space (it follows from the mm)")
-        if p.get("box") is not None:
-            k, box = _world_box(p["box"], volume, space, where)
-            prompts.append(SlicePrompt(k, box=box))
-        if pts:
-            ijk = world_to_voxel(pts, volume, space)
-            ks = np.round(ijk[:, 2]).astype(int)
-            for k in sorted(set(ks.tolist())):
-                sel = ks == k
+    try:
+        for p in raw:
+            _require(isinstance(p, Mapping), f"{where}: each prompt must be a JSON object")
+            unknown = set(p) - {"slice", "box", "points", "point_labels", "mask"}
+            _require(not unknown, f"{where}: unknown prompt keys {sorted(unknown)}")
+            pts = p.get("points") or []
+            labels = p.get("point_labels") or [1] * len(pts)
+            if space == "voxel":
+                _require("slice" in p and isinstance(p["slice"], int), f"{where}: voxel prompts need an integer 'slice'")
+                k = int(p["slice"])
+                box = p.get("box")
+                mask = None
+                if p.get("mask") is not None:
+                    mask = rle_to_mask(p["mask"], tuple(volume.grid_shape[1:3]), f"{where}, slice {k}")
                 prompts.append(
-                    SlicePrompt(
-                        k,
-                        points=[tuple(q) for q in ijk[sel, :2].round(3).tolist()],
-                        point_labels=np.asarray(labels)[sel].tolist(),
-                    )
+                    SlicePrompt(k, points=[tuple(q[:2]) for q in pts], point_labels=labels, box=box, mask=mask)
                 )
+                continue
+            _require("mask" not in p, f"{where}: mask prompts are in voxel space only")
+            _require("slice" not in p, f"{where}: omit 'slice' in {space} space (it follows from the mm)")
+            if p.get("box") is not None:
+                k, box = _world_box(p["box"], volume, space, where)
+                prompts.append(SlicePrompt(k, box=box))
+            if pts:
+                ijk = world_to_voxel(pts, volume, space)
+                ks = np.round(ijk[:, 2]).astype(int)
+                for k in sorted(set(ks.tolist())):
+                    sel = ks == k
+                    prompts.append(
+                        SlicePrompt(
+                            k,
+                            points=[tuple(q) for q in ijk[sel, :2].round(3).tolist()],
+                            point_labels=np.asarray(labels)[sel].tolist(),
+                        )
+                    )
+    except PromptError:
+        raise
+    except (TypeError, ValueError, IndexError, OverflowError):  # numbers of the wrong type or shape
+        raise PromptError(
+            f"{where}: malformed prompt: 'box' is [x0, y0, x1, y1], 'points' [[x, y], ...] and "
+            "'point_labels' [1 or 0, ...], all numbers"
+        ) from None
     z_range = obj.get("z_range")
+    _require(
+        z_range is None or (isinstance(z_range, list) and len(z_range) == 2
+                            and all(isinstance(v, int) and not isinstance(v, bool) for v in z_range)),
+        f"{where}: 'z_range' must be [k0, k1], two slice indices",
+    )
     return ObjectPrompts(
         label=label,
         name=str(obj.get("name", "")),
@@ -433,6 +447,10 @@ def parse_point_arg(arg: str) -> SlicePrompt:
     _require(bool(sep) and k.strip().lstrip("-").isdigit(), f"--point {arg!r}: expected K:X,Y[,L]")
     nums = _numbers(rest, "--point", arg)
     _require(len(nums) in (2, 3), f"--point {arg!r}: expected X,Y or X,Y,L after the slice")
+    _require(
+        len(nums) < 3 or (math.isfinite(nums[2]) and nums[2].is_integer()),
+        f"--point {arg!r}: the label L must be 1 (foreground) or 0 (background)",
+    )
     label = int(nums[2]) if len(nums) == 3 else 1
     return SlicePrompt(int(k), points=[(nums[0], nums[1])], point_labels=[label])
 

@@ -35,6 +35,7 @@ import numpy as np
 from medsam.embedding import SliceEmbedder
 from medsam.errors import PromptError
 from medsam.intensity import Window, WindowSpec
+from medsam.io.volume import require_segmentable
 from medsam.models import PromptableSam, load_model
 from medsam.models.accel import InferenceConfig
 from medsam.predictor import SlicePrediction, SlicePredictor
@@ -124,7 +125,10 @@ class VolumePredictor:
 
     # ------------------------------------------------------------------ session
     def init_volume(self, volume, window: WindowSpec | Window = None) -> VolumeSession:
-        """Start a session on ``volume`` (any :class:`medsam.io.Volume`); nothing is embedded yet."""
+        """Start a session on ``volume`` (any :class:`medsam.io.Volume`); nothing is embedded yet.
+
+        Raises :class:`~medsam.errors.InputFileError` for slices under 8x8 pixels."""
+        require_segmentable(volume)
         embedder = SliceEmbedder(
             self.model, volume, window, batch_size=self.batch_size, cache_dir=self.cache_dir,
             inference=self.inference,
@@ -279,6 +283,13 @@ class VolumePredictor:
             box=p.box,
             mask_input=mask_input,
         )
+        flat = self._flat_under_prompt(k, p.box)
+        if flat is not None:
+            logger.warning(
+                "slice %d has no contrast under the prompt (every voxel windows to %.3g in %s): "
+                "the mask there is a guess, and its confidence is 0", k, flat, s.window.key,
+            )
+            pred = replace(pred, score=0.0, scores=np.zeros_like(pred.scores))
         if p.mask is not None and p.box is None and not p.points:
             # A painted mask is the user's answer for this slice: keep it as is.
             pred = SlicePrediction(
@@ -289,6 +300,19 @@ class VolumePredictor:
         obj.results[k] = result
         s.objects[obj.label] = obj
         return result
+
+    def _flat_under_prompt(self, k: int, box: Sequence[float] | None) -> float | None:
+        """The one windowed value of slice ``k`` under ``box`` (voxel ``(x0, y0, x1, y1)``;
+        the whole slice for clicks) when the image has no contrast there, else ``None``."""
+        image = self._session().embedder.window_slices([k])[0]
+        if box is not None:
+            h, w = image.shape[:2]
+            x0, y0 = (max(0, int(np.floor(v))) for v in box[:2])
+            x1, y1 = min(w, int(np.ceil(box[2])) + 1), min(h, int(np.ceil(box[3])) + 1)
+            if x1 > x0 and y1 > y0:
+                image = image[y0:y1, x0:x1]
+        lo, hi = float(image.min()), float(image.max())
+        return lo if hi - lo < 1e-6 else None
 
     def _mask_to_logits(self, mask: np.ndarray) -> np.ndarray:
         """A ``(Y, X)`` bool mask as ``(1, 256, 256)`` pseudo-logits in the model frame."""
@@ -370,6 +394,9 @@ class VolumePredictor:
             box = self._next_box(obj, prev_mask)
             if box is None:
                 logger.debug("object %s: stop before slice %d (empty mask)", obj.name, k)
+                return
+            if self._flat_under_prompt(k, box) is not None:
+                logger.info("object %s: stop before slice %d: no contrast under the box", obj.name, k)
                 return
             self._set_slice(k, step)
             mask_input = prev.low_res_logits if self.config.use_mask_input else None

@@ -183,7 +183,7 @@ def test_bundle_configs_parse_with_plain_values(ct_case):
     assert parser.get_parsed_content("datalist") == [{"image": str(image), "prompts": str(prompts)}]
     pre = parser.get_parsed_content("preprocessing")
     kinds = [type(t).__name__ for t in pre.transforms]
-    assert kinds == ["LoadImaged", "LoadPromptsd", "SamIntensityd", "SamInferenced"]
+    assert kinds == ["LoadVolumed", "LoadPromptsd", "SamIntensityd", "SamInferenced"]
     assert pre.transforms[2].transform.window == "liver"
     inference = pre.transforms[3].inference
     assert inference.inferer.sw_batch_size == 2 and inference.model == "litemedsam" and inference._network is None

@@ -43,7 +43,12 @@ from medsam.io.dicom_header import (
     series_metadata,
 )
 from medsam.io.dicom_multiframe import read_multiframe
-from medsam.io.dicom_pixels import decode_file, read_pixels
+from medsam.io.dicom_pixels import (
+    check_dataset_structure,
+    check_pixel_header,
+    decode_file,
+    read_pixels,
+)
 from medsam.io.formats import short_error
 from medsam.io.volume import Volume
 
@@ -353,6 +358,8 @@ def read_dicom_file(path: Path, *, series_uid: str | None = None) -> Volume:
         )
     if series_uid is not None and h.series_key != series_uid:
         raise InputFileError(path, f"belongs to series {h.series_key}, not series_uid={series_uid}")
+    check_pixel_header(h)
+    check_dataset_structure(h, ds)
     if h.n_frames > 1:
         return read_multiframe(path, ds, h)
     reader = sitk.ImageFileReader()

@@ -126,6 +126,7 @@ class Header:
     window_width: float | None
     non_image: bool
     series_number: str = ""
+    has_rescale: bool = True
 
     @property
     def series_key(self) -> str:
@@ -178,6 +179,7 @@ class Header:
             window_width=first_float(ds.get("WindowWidth")),
             non_image=is_non_image_class(_str(sop_class), modality),
             series_number=str(ds.get("SeriesNumber", "") or ""),
+            has_rescale=ds.get("RescaleIntercept") is not None,
         )
 
 

@@ -8,8 +8,10 @@ values (``int16`` for CT whenever they fit), non-integer rescales ``float32``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -18,7 +20,10 @@ from medsam.errors import InputFileError
 from medsam.io.dicom_header import Header
 from medsam.io.formats import short_error
 
-__all__ = ["output_dtype", "shrink_dtype", "read_pixels", "decode_file"]
+__all__ = ["output_dtype", "shrink_dtype", "read_pixels", "decode_file", "check_pixel_header", "check_dataset_structure"]
+
+
+logger = logging.getLogger(__name__)
 
 
 def output_dtype(ranges: Sequence[tuple[float, float, int, int]]) -> np.dtype:
@@ -54,6 +59,8 @@ def shrink_dtype(array: np.ndarray) -> np.ndarray:
 
 def read_pixels(headers: Sequence[Header]) -> np.ndarray:
     """Decode one single-frame file per slice into a ``(Z, Y, X)`` array."""
+    for h in headers:
+        check_pixel_header(h)
     first = headers[0]
     dtype = output_dtype([(h.slope, h.intercept, h.bits_stored, h.signed) for h in headers])
     out = np.empty((len(headers), first.rows, first.columns), dtype=dtype)
@@ -71,7 +78,54 @@ def read_pixels(headers: Sequence[Header]) -> np.ndarray:
         ):
             out = out.astype(np.int64 if a.dtype.kind in "iu" else np.float32)
         out[k] = a[0]
+    if first.modality == "CT" and not all(h.has_rescale for h in headers):
+        n = sum(not h.has_rescale for h in headers)
+        logger.warning(
+            "%s: %d CT slice(s) without RescaleIntercept; their stored values (%s to %s) are used "
+            "as they are, not as HU, so HU windows such as soft_tissue may not fit (try --window percentile)",
+            next(h.path for h in headers if not h.has_rescale), n, out.min(), out.max(),
+        )
     return shrink_dtype(out)
+
+
+_NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+
+
+def check_dataset_structure(h: Header, ds: Any) -> None:
+    """Refuse a damaged file before GDCM decodes it (GDCM can allocate gigabytes on one).
+
+    Data elements must ascend by tag, as DICOM requires (a file whose bytes were shuffled
+    fails this), and uncompressed pixel data must hold the bytes its header declares.
+    """
+    previous = None
+    for tag in ds.keys():
+        if previous is not None and tag < previous:
+            raise InputFileError(
+                h.path, f"is corrupt: data element {tag} follows {previous}, but DICOM elements ascend by tag"
+            )
+        previous = tag
+    try:
+        element = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on a damaged element
+        raise InputFileError(h.path, f"is corrupt: its pixel data element cannot be read ({exc})") from None
+    length = getattr(element, "length", None)
+    if h.transfer_syntax_uid in _NATIVE_SYNTAXES and length is not None and length != 0xFFFFFFFF:
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        expected = h.rows * h.columns * h.n_frames * h.samples * bits // 8
+        if length < expected:
+            raise InputFileError(
+                h.path, f"is truncated: expected {expected:,} bytes of pixel data, found {length:,}"
+            )
+
+
+def check_pixel_header(h: Header) -> None:
+    """Refuse pixel attributes no real image has, before they reach arithmetic or GDCM."""
+    if not 1 <= h.bits_stored <= 64:
+        raise InputFileError(h.path, f"has BitsStored {h.bits_stored}; DICOM allows 1 to 64")
+    if not (np.isfinite(h.slope) and np.isfinite(h.intercept)) or max(abs(h.slope), abs(h.intercept)) > 1e30:
+        raise InputFileError(h.path, f"has an unusable RescaleSlope/RescaleIntercept ({h.slope:g}, {h.intercept:g})")
+    if h.rows <= 0 or h.columns <= 0:
+        raise InputFileError(h.path, f"has an image size of {h.rows}x{h.columns} pixels")
 
 
 def decode_file(reader: sitk.ImageFileReader, path: Path) -> np.ndarray:

@@ -217,6 +217,20 @@ def _mark_non_finite(vol: Volume, flat: np.ndarray, frame: int, path: Path) -> N
 
 
 def read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
+    """Read a NIfTI, NRRD or MetaImage file through SimpleITK (see :func:`_read_itk_file`).
+
+    ITK's own multi-line warnings ("has unexpected scales in sform", "is Analyze file")
+    are silenced while it reads: medsam reports what matters itself, in one line each.
+    """
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return _read_itk_file(path, fmt, frame=frame)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
     """Read a NIfTI, NRRD or MetaImage file through SimpleITK.
 
     Parameters
@@ -242,6 +256,12 @@ def read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
         image without (or with an out-of-range) ``frame``, or a vector image.
     """
     label = {"nifti": "NIfTI", "nrrd": "NRRD"}.get(fmt, "MetaImage")
+    nifti = fmt == "nifti" and path.name.lower().endswith((".nii", ".nii.gz"))
+    if nifti:
+        from medsam.io.nifti_header import is_nifti2
+
+        if is_nifti2(path):
+            return _finish_nifti(path, *_read_nifti2(path, frame))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -266,7 +286,7 @@ def read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
         if frame is None and n_frames > 1:
             raise InputFileError(
                 path,
-                f"is a 4D image with {n_frames} frames; pass frame= (0..{n_frames - 1}) to choose one",
+                f"is a 4D image with {n_frames} frames; choose one with frame= (--frame on the command line), 0..{n_frames - 1}",
             )
         f = 0 if frame is None else frame
         if not 0 <= f < n_frames:
@@ -287,7 +307,7 @@ def read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
             f"has {ncomp} values per voxel (a vector or colour volume); medsam reads scalar images",
         )
     non_finite = None
-    if fmt == "nifti" and path.name.lower().endswith((".nii", ".nii.gz")):
+    if nifti:
         from medsam.io.nifti_check import scan_nifti_data
 
         # SimpleITK zero-fills a truncated file without a word, and reads NaN as 0
@@ -309,10 +329,66 @@ def read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
         # SimpleITK drops the third axis of a 2D NIfTI; take the full affine from nibabel.
         import nibabel as nib
 
-        affine = nib.load(str(path)).affine
-    meta = SourceMetadata(format=fmt, extra=extra)
-    vol = image_to_volume(image, source=path, meta=meta, affine_ras=affine)
+        from medsam.io.nifti_header import quiet_nibabel
+
+        try:
+            with quiet_nibabel():
+                affine = nib.load(str(path)).affine
+        except Exception:  # noqa: BLE001 - a header nibabel refuses: keep SimpleITK's in-plane geometry
+            affine = None
+    if not nifti:
+        vol = image_to_volume(image, source=path, meta=SourceMetadata(format=fmt, extra=extra))
+        logger.info("read %s: %s", path, vol)
+        return vol
+    return _finish_nifti(path, image, extra, non_finite, affine)
+
+
+def _read_nifti2(path: Path, frame: int | None) -> tuple[sitk.Image, dict, np.ndarray, np.ndarray]:
+    """A NIfTI-2 file through nibabel (SimpleITK here reads NIfTI-1 only): the image as
+    SimpleITK would hold it, its header codes, its non-finite voxels and its RAS affine."""
+    import nibabel as nib
+
+    from medsam.io.nifti_check import scan_nifti_data
+    from medsam.io.nifti_header import quiet_nibabel
+
+    non_finite = scan_nifti_data(path)  # before any voxel is allocated
+    with quiet_nibabel():
+        img = nib.load(str(path))
+    shape = img.shape
+    extra: dict[str, Any] = {"qform_code": int(img.header["qform_code"]), "sform_code": int(img.header["sform_code"])}
+    if len(shape) == 4:
+        n_frames = shape[3]
+        if frame is None and n_frames > 1:
+            raise InputFileError(path, f"is a 4D image with {n_frames} frames; choose one with frame= (--frame on the command line), 0..{n_frames - 1}")
+        f = frame or 0
+        if not 0 <= f < n_frames:
+            raise InputFileError(path, f"frame={f} is out of range: the image has {n_frames} frames (0..{n_frames - 1})")
+        data = np.asanyarray(img.dataobj[..., f])
+        extra.update(frame=f, n_frames=n_frames)
+    elif len(shape) in (2, 3):
+        if frame not in (None, 0):
+            raise InputFileError(path, f"is a {len(shape)}D image without frames; frame= applies to 4D images only")
+        data = np.asanyarray(img.dataobj)
+    else:
+        raise InputFileError(path, f"is a {len(shape)}D image; medsam reads 2D, 3D and 4D images")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data.T))  # (i, j, k) -> ITK's (k, j, i) array
+    return image, extra, non_finite, img.affine
+
+
+def _finish_nifti(
+    path: Path, image: sitk.Image, extra: dict, non_finite: np.ndarray | None, affine: np.ndarray | None
+) -> Volume:
+    """The Volume of a NIfTI file: NaN voxels marked, and every geometry assumption warned of
+    and kept in ``meta.extra["geometry_notes"]``."""
+    from medsam.io.nifti_header import geometry_notes
+
+    vol = image_to_volume(image, source=path, meta=SourceMetadata(format="nifti", extra=extra), affine_ras=affine)
     if non_finite is not None and non_finite.size:
         _mark_non_finite(vol, non_finite, extra.get("frame", 0), path)
+    notes = geometry_notes(path, vol.affine_ras())
+    if notes:
+        vol.meta.extra["geometry_notes"] = notes
+        for note in notes:
+            logger.warning("%s: %s", path, note)
     logger.info("read %s: %s", path, vol)
     return vol

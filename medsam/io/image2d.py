@@ -59,10 +59,30 @@ def read_image2d(path: Path, fmt: str) -> Volume:
     return vol
 
 
+#: The largest picture read, in pixels (Pillow's decompression-bomb limit, about 13,400^2).
+MAX_PICTURE_PIXELS = 178_956_970
+
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    """Refuse a picture over :data:`MAX_PICTURE_PIXELS` before its pixels are decoded."""
+    if width * height > MAX_PICTURE_PIXELS:
+        raise InputFileError(
+            path,
+            f"is {width:,} x {height:,} pixels ({width * height / 1e6:,.0f} Mpx); medsam reads pictures "
+            f"of up to {MAX_PICTURE_PIXELS / 1e6:.0f} Mpx, so cut it into tiles",
+        )
+
+
 def _read_pillow(path: Path) -> tuple[np.ndarray, bool]:
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, in one line
+    try:
+        im = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    with im:
+        _check_size(path, *im.size)
         im = ImageOps.exif_transpose(im)
         if im.mode in ("1", "LA"):
             im = im.convert("L")
@@ -77,6 +97,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        dims = dict(zip(series.axes, series.shape, strict=True))
+        _check_size(path, int(dims.get("X", 1)), int(dims.get("Y", 1)))
         array = series.asarray()
         axes = series.axes
     # Put colour samples last, whatever the planar configuration.

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medsam.errors import InputFileError
+from medsam.io.nifti_header import quiet_nibabel
 
 __all__ = ["scan_nifti_data"]
 
@@ -61,7 +62,8 @@ def scan_nifti_data(path: Path) -> np.ndarray:
     import nibabel as nib
 
     try:
-        proxy = nib.load(str(path)).dataobj  # the file's own offset (the image's header copy has 0)
+        with quiet_nibabel():
+            proxy = nib.load(str(path)).dataobj  # the file's own offset (the image's header copy has 0)
         offset, dtype, shape = int(proxy.offset), np.dtype(proxy.dtype), tuple(int(v) for v in proxy.shape)
     except Exception:  # noqa: BLE001 - SimpleITK reports unreadable headers in its own words
         return np.zeros(0, np.int64)

@@ -19,10 +19,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Volume", "SourceMetadata", "LPS_TO_RAS"]
+__all__ = ["Volume", "SourceMetadata", "LPS_TO_RAS", "MIN_SEGMENT_SIDE", "require_segmentable"]
 
 #: Flip of the first two world axes: LPS <-> RAS (its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: The smallest slice, in pixels per side, that medsam segments: below it a box or click
+#: has no room, and the model's 1024-pixel input would be one upsampled blur.
+MIN_SEGMENT_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -201,4 +205,23 @@ class Volume:
         return (
             f"Volume(shape={self.shape}, dtype={self.array.dtype}, spacing={self.spacing}, "
             f"origin={self.origin}, modality={self.modality!r}, source={str(self.source)!r})"
+        )
+
+
+def require_segmentable(volume: Volume) -> None:
+    """Refuse a volume whose slices are too small to segment (under ``MIN_SEGMENT_SIDE``).
+
+    Raises
+    ------
+    medsam.errors.InputFileError
+        "is 1x1 pixels per slice; medsam segments slices of at least 8x8", naming the source.
+    """
+    from medsam.errors import InputFileError
+
+    _, h, w = volume.grid_shape
+    if min(h, w) < MIN_SEGMENT_SIDE:
+        raise InputFileError(
+            volume.source or "the image",
+            f"is {w}x{h} pixels per slice; medsam segments slices of at least "
+            f"{MIN_SEGMENT_SIDE}x{MIN_SEGMENT_SIDE}",
         )

@@ -7,6 +7,7 @@ Importing this package imports MONAI (``import medsam`` alone does not).
                             -> ``[N, K, H, W]`` logits (trainable)
 :class:`SamSliceInferer`    slice-wise promptable inference on ``[B, C, H, W, D]`` MetaTensors,
                             with propagation by the project's ``VolumePredictor``
+``LoadVolume(d)``           ``LoadImage`` through :func:`medsam.io.load_volume` (its input checks)
 ``SamIntensity(d)``         the project's intensity windows -> float32 [0, 1]
 ``LoadPrompts(d)``          a ``medsam segment`` prompts JSON file -> dict
 ``PromptsFromLabel(d)``     simulated box/point prompts on key slices of a reference label
@@ -33,6 +34,7 @@ from medsam.monai.metrics import (
 )
 from medsam.monai.network import SamNetwork, SamNetworkOutput
 from medsam.monai.prompts import read_prompts, resolve_prompts
+from medsam.monai.reader import LoadVolume, LoadVolumeD, LoadVolumed, LoadVolumeDict, MedsamReader
 from medsam.monai.simulate import simulate_prompts
 from medsam.monai.transforms import (
     LoadPrompts,
@@ -56,6 +58,11 @@ from medsam.monai.transforms import (
 __all__ = [
     "PREWINDOWED",
     "LabelMetrics",
+    "LoadVolume",
+    "LoadVolumed",
+    "LoadVolumeD",
+    "LoadVolumeDict",
+    "MedsamReader",
     "LabelMetricsd",
     "LabelMetricsD",
     "LabelMetricsDict",
