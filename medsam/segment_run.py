@@ -90,7 +90,7 @@ def run_and_write(
     differs raises :class:`~medsam.errors.InputFileError` before any work.
     """
     from medsam import __version__
-    from medsam.atomic import atomic_write_text
+    from medsam.atomic import atomic_write_text, output_lock
     from medsam.intensity import Window, resolve_window
     from medsam.io import save_mask
     from medsam.io.dicom_seg import AlgorithmInfo
@@ -141,10 +141,6 @@ def run_and_write(
     names = {int(r["label"]): r["name"] for r in rows}
     measurements = measure_labels(result.labels, volume, names=names)
     algorithm = AlgorithmInfo(model=model_name, adapter=settings.adapter.name if settings.adapter else "")
-    save_mask(
-        result.labels, volume, out, overwrite=overwrite, names=names, algorithm=algorithm,
-        anonymize=settings.anonymize,
-    )
     sidecar = {
         "medsam_version": __version__,
         "input": input_label,
@@ -167,6 +163,11 @@ def run_and_write(
         **(extra or {}),
     }
     side, table = sidecar_path(out), measurements_path(out)
-    atomic_write_text(side, json.dumps(sidecar, indent=1))
-    atomic_write_text(table, measurements_csv(measurements))
+    with output_lock(out):  # a second writer of the same outputs waits, then re-checks
+        save_mask(
+            result.labels, volume, out, overwrite=overwrite, names=names, algorithm=algorithm,
+            anonymize=settings.anonymize,
+        )
+        atomic_write_text(side, json.dumps(sidecar, indent=1))
+        atomic_write_text(table, measurements_csv(measurements))
     return RunResult(out, side, table, rows, result.seconds)

@@ -34,6 +34,7 @@ from ._undo import LabelsUndo
 from ._widget_actions import ActionsMixin
 from ._widget_prompts import PromptsMixin
 from ._widget_ui import SamWidgetUI
+from ._widget_unsaved import UnsavedMixin
 
 __all__ = ["SamWidget"]
 
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 ERROR_CHARS = 300
 
 
-class SamWidget(PromptsMixin, ActionsMixin, QWidget):
+class SamWidget(PromptsMixin, ActionsMixin, UnsavedMixin, QWidget):
     """Promptable segmentation of a CT/MR volume in napari.
 
     Parameters
@@ -80,6 +81,7 @@ class SamWidget(PromptsMixin, ActionsMixin, QWidget):
         self._embed_yielded = False  # background embedding was stopped for a propagation
         self._connect()
         self._refresh_images()
+        self._guard_window()  # asks before the viewer closes with unsaved labels
 
     # ------------------------------------------------------------------ wiring
     def _connect(self) -> None:

@@ -113,6 +113,7 @@ class ActionsMixin:
             atomic_write_text(path, json.dumps(record, indent=1))
         except (MedsamError, OSError, ValueError) as exc:
             return self._report_failure("Save", path, exc)
+        self.mark_labels_saved()
         return self._report_saved(str(path), f"Saved session {path}; replay: medsam replay {path} -o OUT")
 
     def export(self, path: str | Path | None = None) -> str | None:
@@ -147,6 +148,7 @@ class ActionsMixin:
             )
         except (MedsamError, OSError, ValueError, TypeError) as exc:
             return self._report_failure("Export", path, exc)
+        self.mark_labels_saved()
         return self._report_saved(str(out), f"Saved {out}")
 
     def _report_failure(self, what: str, path: Any, exc: BaseException) -> None:

@@ -460,3 +460,41 @@ def test_session_saved_and_replayed_from_the_cli(make_napari_viewer, qtbot, samp
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     np.testing.assert_array_equal(load_volume(out).array, np.asarray(labels.data))
+
+
+def test_asks_before_closing_with_unsaved_labels(make_napari_viewer, sample_data: Path, tmp_path: Path) -> None:
+    """Closing the viewer with labels that were never exported asks; Cancel keeps it open,
+    an export makes them saved (no question), a new stroke makes them unsaved again.
+    A close from code (a script's ``viewer.close()``) asks only when told to."""
+    asked: list[str] = []
+
+    def answer(reply: str):
+        return lambda: asked.append(reply) or reply
+
+    def paint(widget, k, y, x) -> None:
+        data = widget.labels_layer.data
+        data[k, y, x] = 1
+        widget.labels_layer.data = data
+
+    viewer, image, widget = _unprepared_widget(make_napari_viewer, sample_data)
+    paint(widget, 24, slice(40, 50), slice(40, 50))
+    widget.ask_unsaved = answer("cancel")
+    assert widget.has_unsaved_labels() and viewer.window._qt_window.close() is True and asked == []
+
+    viewer, image, widget = _unprepared_widget(make_napari_viewer, sample_data)
+    window = viewer.window._qt_window
+    widget.confirm_programmatic_close = True
+    assert not widget.has_unsaved_labels()  # an empty labels layer holds nothing to lose
+    paint(widget, 24, slice(40, 50), slice(40, 50))
+    assert widget.has_unsaved_labels()
+    widget.ask_unsaved = answer("cancel")
+    assert window.close() is False  # QWidget.close: False when the close event was ignored
+    assert asked == ["cancel"] and len(viewer.layers) == 4
+    out = tmp_path / "liver.nii.gz"
+    assert widget.export(str(out)) == str(out)
+    assert not widget.has_unsaved_labels()
+    paint(widget, 24, 50, 50)
+    assert widget.has_unsaved_labels()
+    widget.ask_unsaved = answer("discard")
+    assert window.close() is True
+    assert asked == ["cancel", "discard"]
