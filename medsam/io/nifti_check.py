@@ -44,6 +44,18 @@ def _pieces(path: Path, offset: int, limit: int) -> Iterator[bytes]:
         return  # a truncated or damaged stream: what was read so far counts
 
 
+def _unchecked_header(path: Path):
+    """The NIfTI-1 header as written (nibabel's checks off), or None if it is not one."""
+    import nibabel as nib
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f, quiet_nibabel():
+            return nib.Nifti1Header.from_fileobj(f, check=False)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def scan_nifti_data(path: Path) -> np.ndarray:
     """Check ``path``'s voxel data against its header; return its non-finite voxels.
 
@@ -65,14 +77,30 @@ def scan_nifti_data(path: Path) -> np.ndarray:
         with quiet_nibabel():
             proxy = nib.load(str(path)).dataobj  # the file's own offset (the image's header copy has 0)
         offset, dtype, shape = int(proxy.offset), np.dtype(proxy.dtype), tuple(int(v) for v in proxy.shape)
-    except Exception:  # noqa: BLE001 - SimpleITK reports unreadable headers in its own words
-        return np.zeros(0, np.int64)
+    except Exception:  # noqa: BLE001 - a header nibabel refuses may still be one ITK reads
+        header = _unchecked_header(path)
+        if header is None:
+            return np.zeros(0, np.int64)  # SimpleITK reports unreadable headers in its own words
+        try:  # ITK reads a dimension of 0 as 1: so must the size it will allocate
+            dims = header["dim"][1 : 1 + max(1, min(int(header["dim"][0]), 7))]
+            shape = tuple(max(1, int(v)) for v in dims)
+            vox_offset = float(header["vox_offset"])
+            offset = max(int(vox_offset) if np.isfinite(vox_offset) else 0, 352)
+            dtype = np.dtype(header.get_data_dtype())
+        except Exception:  # noqa: BLE001 - no usable numbers: SimpleITK's own check decides
+            return np.zeros(0, np.int64)
+        floating_ok = False
+    else:
+        floating_ok = True
+    if any(n <= 0 for n in shape):
+        dims = ", ".join(f"dim[{i + 1}] = {n}" for i, n in enumerate(shape))
+        raise InputFileError(path, f"declares an image without voxels ({dims})")
     expected = math.prod(shape) * dtype.itemsize
     if not path.name.lower().endswith(".gz"):  # the size says it all, without reading
         found = max(0, path.stat().st_size - offset)
         if found < expected:
             raise InputFileError(path, f"is truncated: expected {expected:,} bytes of voxel data, found {found:,}")
-    floating = dtype.kind == "f"
+    floating = dtype.kind == "f" and floating_ok
     found, carry, bad = 0, b"", []
     for chunk in _pieces(path, offset, expected):
         if floating:
