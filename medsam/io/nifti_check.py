@@ -40,7 +40,7 @@ def _pieces(path: Path, offset: int, limit: int) -> Iterator[bytes]:
                     return
                 left -= len(chunk)
                 yield chunk
-    except (EOFError, zlib.error, gzip.BadGzipFile):
+    except (EOFError, zlib.error, gzip.BadGzipFile, ValueError, OverflowError):  # also an offset past any file
         return  # a truncated or damaged stream: what was read so far counts
 
 
