@@ -283,17 +283,7 @@ def _read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
         raise InputFileError(path, f"is a {dim}D image; medsam reads 2D, 3D and 4D images")
     if dim == 4:
         n_frames = size[3]
-        if frame is None and n_frames > 1:
-            raise InputFileError(
-                path,
-                f"is a 4D image with {n_frames} frames; choose one with frame= (--frame on the command line), 0..{n_frames - 1}",
-            )
-        f = 0 if frame is None else frame
-        if not 0 <= f < n_frames:
-            raise InputFileError(
-                path,
-                f"frame={f} is out of range: the image has {n_frames} frames (0..{n_frames - 1})",
-            )
+        f = _frame_of(path, n_frames, frame)
         reader.SetExtractIndex([0, 0, 0, f])
         reader.SetExtractSize([size[0], size[1], size[2], 0])
         extra.update(frame=f, n_frames=n_frames)
@@ -343,6 +333,20 @@ def _read_itk_file(path: Path, fmt: str, *, frame: int | None = None) -> Volume:
     return _finish_nifti(path, image, extra, non_finite, affine)
 
 
+def _frame_of(path: Path, n_frames: int, frame: int | None) -> int:
+    """The frame to read of a 4D image with ``n_frames`` frames (``frame`` is required
+    when there are several)."""
+    if frame is None and n_frames > 1:
+        raise InputFileError(
+            path,
+            f"is a 4D image with {n_frames} frames; choose one with frame= (--frame on the command line), 0..{n_frames - 1}",
+        )
+    f = 0 if frame is None else frame
+    if not 0 <= f < n_frames:
+        raise InputFileError(path, f"frame={f} is out of range: the image has {n_frames} frames (0..{n_frames - 1})")
+    return f
+
+
 def _read_nifti2(path: Path, frame: int | None) -> tuple[sitk.Image, dict, np.ndarray, np.ndarray]:
     """A NIfTI-2 file through nibabel (SimpleITK here reads NIfTI-1 only): the image as
     SimpleITK would hold it, its header codes, its non-finite voxels and its RAS affine."""
@@ -358,11 +362,7 @@ def _read_nifti2(path: Path, frame: int | None) -> tuple[sitk.Image, dict, np.nd
     extra: dict[str, Any] = {"qform_code": int(img.header["qform_code"]), "sform_code": int(img.header["sform_code"])}
     if len(shape) == 4:
         n_frames = shape[3]
-        if frame is None and n_frames > 1:
-            raise InputFileError(path, f"is a 4D image with {n_frames} frames; choose one with frame= (--frame on the command line), 0..{n_frames - 1}")
-        f = frame or 0
-        if not 0 <= f < n_frames:
-            raise InputFileError(path, f"frame={f} is out of range: the image has {n_frames} frames (0..{n_frames - 1})")
+        f = _frame_of(path, n_frames, frame)
         data = np.asanyarray(img.dataobj[..., f])
         extra.update(frame=f, n_frames=n_frames)
     elif len(shape) in (2, 3):
