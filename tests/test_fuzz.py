@@ -24,6 +24,17 @@ from medsam.io import load_volume
 
 FUZZ = Path(__file__).parent / "fuzz"
 FORMATS = ("nii", "nii.gz", "dcm")
+# libFuzzer's -rss_limit_mb compares the *peak* RSS (getrusage ru_maxrss), and Linux hands a
+# child the parent's peak at fork and keeps it across exec: started from a pytest process
+# that has grown to 4.6 GB, the fuzzer reports out-of-memory on its first check. A
+# grandchild forked from a fresh interpreter starts from that small interpreter's peak.
+FRESH_PEAK_RSS = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.argv[1], sys.argv[1:])\n"
+    "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+)
 REGRESSIONS = sorted(p for fmt in FORMATS for p in (FUZZ / "regressions" / fmt).glob("*") if p.is_file())
 
 
@@ -49,11 +60,11 @@ def test_bounded_fuzz_run_finds_no_crash(fmt: str, tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(FUZZ / "fuzz_loaders.py"), "--seeds", str(seeds)], check=True, timeout=120)
     env = {**os.environ, "MEDSAM_FUZZ_FORMAT": fmt}
     proc = subprocess.run(
-        [sys.executable, str(FUZZ / "fuzz_loaders.py"), str(seeds / fmt), f"-runs={runs}", "-seed=1",
-         "-rss_limit_mb=4096", "-timeout=20", f"-artifact_prefix={tmp_path}/"],
+        [sys.executable, "-c", FRESH_PEAK_RSS, sys.executable, str(FUZZ / "fuzz_loaders.py"), str(seeds / fmt),
+         f"-runs={runs}", "-seed=1", "-rss_limit_mb=4096", "-timeout=20", f"-artifact_prefix={tmp_path}/"],
         capture_output=True, text=True, timeout=600, env=env,
     )
-    crashes = sorted(p.name for p in tmp_path.glob("crash-*")) + sorted(p.name for p in tmp_path.glob("timeout-*"))
+    crashes = sorted(p.name for kind in ("crash", "timeout", "oom") for p in tmp_path.glob(f"{kind}-*"))
     assert proc.returncode == 0 and not crashes, (
         f"{crashes}: move them to tests/fuzz/regressions/{fmt}/ and fix\n{proc.stderr[-3000:]}"
     )
