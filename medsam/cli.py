@@ -4,8 +4,10 @@
 segments objects from prompts on a few slices and writes a label map with the input's
 geometry plus a JSON sidecar of per-slice confidence. ``medsam models`` lists the registry.
 
+``medsam batch MANIFEST -o OUTDIR`` runs many cases (:mod:`medsam.batch`).
+
 Exit codes: 0 success, 2 bad input or prompts (one-line message, nothing written),
-1 any other failure.
+3 a batch in which some case failed (the others are done), 1 any other failure.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medsam import __version__
-from medsam.errors import InputFileError, MedsamError, PromptError
+from medsam.errors import InputFileError, MedsamError, PromptError, one_line
 from medsam.inference import BACKENDS, InferenceConfig
 from medsam.segment_run import measurements_path, sidecar_path
 
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsam", description="Segment Anything for medical imaging.")
     parser.add_argument("--version", action="version", version=f"medsam {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser(
@@ -102,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=cmd_replay)
 
+    _add_batch(sub)
+
     models = sub.add_parser("models", help="list the models in the registry")
     models.set_defaults(func=cmd_models)
 
@@ -110,6 +115,69 @@ def build_parser() -> argparse.ArgumentParser:
     for add in cli_plugins():
         add(sub)
     return parser
+
+
+def _add_batch(sub: Any) -> None:
+    bat = sub.add_parser(
+        "batch",
+        help="segment every case of a manifest (CSV/JSONL or a folder); resumable; local workers or Dask",
+        description=(
+            "MANIFEST rows: input, prompts (file, inline JSON or from-labels:LABELS), output (relative to "
+            "OUTDIR), optional series_uid, window, model, adapter, reference. Rerunning skips the cases "
+            "that are done and unchanged. Exit status: 0 all done, 3 some case failed (see "
+            "OUTDIR/results.csv), 2 a bad manifest (nothing run)."
+        ),
+    )
+    bat.add_argument("manifest", type=Path, help="manifest .csv/.jsonl, or a folder of x.nii.gz + x.prompts.json")
+    bat.add_argument("-o", "--output", type=Path, required=True, help="output folder (OUTDIR)")
+    bat.add_argument("--workers", type=int, default=None, help="local worker processes (default: fits the machine)")
+    bat.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://HOST:8786")
+    bat.add_argument("--retry-failed", action="store_true", help="run again the cases that failed before")
+    bat.add_argument("--model", default="litemedsam", help="registry name (a manifest model column overrides)")
+    bat.add_argument("--checkpoint", type=Path, help="weights file for SAM/MedSAM models")
+    bat.add_argument("--adapter", type=Path, help="fine-tuned adapter .safetensors for every case")
+    bat.add_argument("--window", default=None, help="preset name, 'L,W', 'header' or 'percentile'")
+    bat.add_argument("--device", default="auto", help="auto, cpu, cuda (one worker per GPU) or mps")
+    bat.add_argument("--backend", default="auto", choices=BACKENDS, help="encoder/decoder engine (see segment)")
+    bat.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    bat.add_argument("--no-propagate", action="store_true", help="segment only the prompted slices")
+    bat.add_argument("--cache-dir", type=Path, default=None, help="on-disk embedding cache folder")
+    bat.add_argument("--overwrite", action="store_true", help="replace outputs that this batch did not write")
+    bat.add_argument("--quiet", action="store_true", help="no progress bar and no per-case lines")
+    bat.set_defaults(func=cmd_batch)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    import signal
+
+    from medsam.batch import BatchSettings, run_batch
+
+    if args.workers is not None and args.scheduler is not None:
+        raise InputFileError("--workers", "the Dask cluster has its own workers; give --workers or --scheduler")
+    settings = BatchSettings(
+        model=args.model, checkpoint=args.checkpoint, adapter=args.adapter, window=args.window,
+        device=None if args.device == "auto" else args.device, backend=args.backend, precision=args.precision,
+        propagate=not args.no_propagate, cache_dir=args.cache_dir, overwrite=args.overwrite,
+    )
+    if not args.quiet and not sys.stderr.isatty():  # a log line per finished case; a terminal gets a bar
+        logging.getLogger("medsam.batch").setLevel(min(logging.INFO, logging.getLogger().level))
+
+    def terminate(signum, frame):  # noqa: ANN001 - SIGTERM stops the workers as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        summary = run_batch(
+            args.manifest, args.output, settings, workers=args.workers, scheduler=args.scheduler,
+            retry_failed=args.retry_failed, quiet=args.quiet,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(
+        f"{summary.done} done, {summary.skipped} done before, {summary.failed} failed; "
+        f"wrote {summary.results} ({summary.seconds:.1f} s)"
+    )
+    return summary.exit_code
 
 
 def _prompt_set(args: argparse.Namespace, volume) -> Any:
@@ -301,6 +369,15 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `medsam measure ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as exc:  # a bug, or the machine (memory, disk): one line unless --debug
+        if args.debug:
+            raise
+        print(
+            f"medsam {args.command}: internal error: {type(exc).__name__}: {one_line(str(exc))} "
+            "(run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -62,13 +62,20 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What was written: the mask, its sidecar and measurements, and one summary row per object."""
+    """What was written: the mask, its sidecar and measurements, and one summary row per object.
+
+    ``confidence`` is the sidecar's per-object, per-slice confidence; ``engine`` the backend
+    that ran, ``weights`` the model's ``weights_id``.
+    """
 
     output: Path
     sidecar: Path
     measurements: Path
     rows: list[dict[str, Any]]
     seconds: float
+    confidence: dict[str, Any] = field(default_factory=dict)
+    engine: str = ""
+    weights: str = ""
 
 
 def run_and_write(
@@ -82,12 +89,15 @@ def run_and_write(
     overwrite: bool = False,
     extra: dict[str, Any] | None = None,
     expect_weights: str | None = None,
+    model: Any = None,
 ) -> RunResult:
     """Segment ``volume`` from ``prompts`` and write ``out``, its sidecar and measurements.
 
     ``input_label`` is the input as the user named it (recorded in the sidecar); ``extra``
     adds sidecar fields (``replay_of``). With ``expect_weights``, a model whose ``weights_id``
-    differs raises :class:`~medsam.errors.InputFileError` before any work.
+    differs raises :class:`~medsam.errors.InputFileError` before any work. ``model`` is
+    an already loaded :class:`~medsam.models.PromptableSam` for ``settings`` (its adapter
+    applied): ``medsam batch`` workers load it once and pass it to every case.
     """
     from medsam import __version__
     from medsam.atomic import atomic_write_text, output_lock
@@ -103,10 +113,13 @@ def run_and_write(
     from medsam.volume import VolumePredictor
 
     config = settings.config or PropagationConfig()
-    vp = VolumePredictor(
-        settings.model, checkpoint=settings.checkpoint, device=settings.device, cache_dir=settings.cache_dir,
-        adapter=settings.adapter, inference=settings.inference, config=config,
-    )
+    if model is None:
+        vp = VolumePredictor(
+            settings.model, checkpoint=settings.checkpoint, device=settings.device, cache_dir=settings.cache_dir,
+            adapter=settings.adapter, inference=settings.inference, config=config,
+        )
+    else:
+        vp = VolumePredictor(model, cache_dir=settings.cache_dir, inference=settings.inference, config=config)
     if expect_weights is not None and vp.model.weights_id != expect_weights:
         from medsam.errors import InputFileError
 
@@ -164,10 +177,16 @@ def run_and_write(
     }
     side, table = sidecar_path(out), measurements_path(out)
     with output_lock(out):  # a second writer of the same outputs waits, then re-checks
-        save_mask(
-            result.labels, volume, out, overwrite=overwrite, names=names, algorithm=algorithm,
-            anonymize=settings.anonymize,
-        )
-        atomic_write_text(side, json.dumps(sidecar, indent=1))
-        atomic_write_text(table, measurements_csv(measurements))
-    return RunResult(out, side, table, rows, result.seconds)
+        new = [p for p in (out, side, table) if not p.exists()]
+        try:
+            save_mask(
+                result.labels, volume, out, overwrite=overwrite, names=names, algorithm=algorithm,
+                anonymize=settings.anonymize,
+            )
+            atomic_write_text(side, json.dumps(sidecar, indent=1))
+            atomic_write_text(table, measurements_csv(measurements))
+        except BaseException:  # a full disk, a kill signal: no mask is left without its sidecar
+            for p in new:
+                p.unlink(missing_ok=True)
+            raise
+    return RunResult(out, side, table, rows, result.seconds, result.confidence, engine.backend, weights_id)

@@ -249,3 +249,32 @@ def test_progress_bar_only_on_a_terminal(ct_file, tmp_path):
         assert proc.wait(timeout=300) == 0
         os.close(main_fd)
         assert (b"embed+propagate" in seen) is shown, seen[-500:]
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1_unless_debug(sample_data, tmp_path) -> None:
+    """A full disk (here: a file size limit of 512 bytes) is not the user's input: one line
+    naming the error, exit 1, no traceback and no output; --debug shows the traceback."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+
+    ct = sample_data / "dcmqi_ct3slice" / "ct-3slice"
+    for debug in ([], ["--debug"]):
+        out = tmp_path / f"mask{len(debug)}.nii.gz"
+        proc = subprocess.run(
+            [sys.executable, "-m", "medsam", *debug, "segment", str(ct), "--box", "1:60,60,200,200",
+             "--no-propagate", "--quiet", "-o", str(out)],
+            capture_output=True, text=True, timeout=300, preexec_fn=small_files,
+        )
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert not list(tmp_path.glob(f"{out.name}*")) and not list(tmp_path.glob(".tmp-*"))
+        if debug:
+            assert "Traceback" in proc.stderr
+        else:
+            [line] = [x for x in proc.stderr.splitlines() if "internal error" in x]
+            assert "(run again with --debug for the traceback)" in line and "Traceback" not in proc.stderr

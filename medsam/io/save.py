@@ -74,8 +74,8 @@ def _write_image(image: sitk.Image, path: Path, compress: bool) -> None:
 
 
 def check_mask_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Check an output path before any work: a supported ending, not a folder, and not an
-    existing file unless ``overwrite``. Returns the expanded path."""
+    """Check an output path before any work: a supported ending, not a folder, not under a
+    file, and not an existing file unless ``overwrite``. Returns the expanded path."""
     path = Path(path).expanduser()
     _mask_suffix(path)
     if path.is_dir():
@@ -84,6 +84,9 @@ def check_mask_path(path: str | os.PathLike[str], *, overwrite: bool = False) ->
         )
     if path.exists() and not overwrite:
         raise OutputExistsError(path)
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputFileError(path, f"cannot be written: {parent} is a file, not a folder")
     return path
 
 
