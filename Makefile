@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory sysdeps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PINS) -e ".[napari,train,dev]"
+	$(PY) -m pip install --quiet $(TORCH_PINS) -e ".[napari,train,cluster,dev]"
 	touch $(STAMP)
 
 sysdeps:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medsam.batch.manifest import image_pairs
 from medsam.errors import InputFileError, MissingInputError
 
 __all__ = ["bundle_path", "find_cases", "run_cases", "IMAGE_SUFFIXES"]
@@ -29,14 +30,6 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 def bundle_path() -> Path:
     """The installed MONAI bundle folder (``configs/inference.json``, ``configs/evaluate.json`` ...)."""
     return Path(str(importlib.resources.files("medsam") / "bundle"))
-
-
-def _stem(name: str, suffixes: Sequence[str]) -> str | None:
-    low = name.lower()
-    for suf in suffixes:
-        if low.endswith(suf) and len(name) > len(suf):
-            return name[: -len(suf)]
-    return None
 
 
 def find_cases(
@@ -81,26 +74,11 @@ def find_cases(
     root = Path(dataset_dir).expanduser()
     if not root.is_dir():
         raise MissingInputError(root)
-    skip = tuple(s.lower() for s in (label_suffix, *exclude_suffixes) if s)
-    cases = []
-    for f in sorted(root.iterdir()):
-        stem = _stem(f.name, image_suffixes)
-        if stem is None or not f.is_file() or f.name.lower().endswith(skip):
-            continue
-        case = {"image": str(f)}
-        missing = []
-        for key, suffix in (("prompts", prompts_suffix), ("label", label_suffix)):
-            if suffix is None:
-                continue
-            other = root / f"{stem}{suffix}"
-            if other.is_file():
-                case[key] = str(other)
-            else:
-                missing.append(other.name)
-        if missing:
-            logger.warning("skipping %s: missing %s", f.name, ", ".join(missing))
-            continue
-        cases.append(case)
+    # the same discovery as a folder given to `medsam batch`
+    cases = image_pairs(
+        root, {"prompts": prompts_suffix, "label": label_suffix},
+        exclude_suffixes=exclude_suffixes, image_suffixes=image_suffixes,
+    )
     if not cases:
         need = [s for s in (prompts_suffix, label_suffix) if s]
         raise InputFileError(
