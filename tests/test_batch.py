@@ -262,3 +262,37 @@ def test_a_second_batch_on_the_same_folder_is_refused(tmp_path) -> None:
         journal.record("y.nii.gz", "done")
     with Journal(tmp_path) as journal:
         assert journal.state["y.nii.gz"]["status"] == "done"
+
+
+def test_a_worker_killed_mid_case_fails_only_that_case(cases, tmp_path) -> None:
+    """SIGKILL the worker process (as the kernel's OOM killer would) while it runs the first
+    case: that case fails with the worker's fate, a new worker runs the next one."""
+    manifest = tmp_path / "two.csv"
+    rows = (cases.read_text().splitlines())[:3]  # header, a_liver, b_spleen
+    manifest.write_text("\n".join(rows) + "\n")
+    shutil.copy(cases.parent / "ct_a.nii.gz", tmp_path)
+    shutil.copy(cases.parent / "a.prompts.json", tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "medsam", "batch", str(manifest), "-o", str(out), "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 300
+    killed = None
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        journal = out / JOURNAL_NAME
+        if journal.is_file() and _journal(out):  # the first case has been sent to the worker
+            pids = [int(p) for p in children.read_text().split()]
+            for pid in pids:  # the worker, not the resource tracker (it has no 'spawn_main')
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+                    killed = pid
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=300)
+    assert killed is not None and proc.returncode == 3, err[-2000:]
+    rows = {r["case"]: r for r in _results(out)}
+    assert rows["a_liver.nii.gz"]["status"] == "failed"
+    assert "the worker process died, killed by signal 9 (out of memory?)" in rows["a_liver.nii.gz"]["error"]
+    assert rows["b_spleen.nrrd"]["status"] == "done"
+    assert not (out / "a_liver.nii.gz").exists()
+    summary = run_batch(manifest, out, workers=1, quiet=True, retry_failed=True)
+    assert (summary.done, summary.skipped, summary.failed) == (1, 1, 0)

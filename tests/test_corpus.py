@@ -113,7 +113,10 @@ def test_segment_cli(corpus, tmp_path, monkeypatch, capsys, caplog) -> None:
         out = out_dir / "mask.nii.gz"
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            rc = main(["segment", case.input, "-o", str(out), "--no-propagate", "--device", "cpu", *case.args])
+            # the torch engine: the corpus tests input handling, and each run loads a fresh
+            # model, which the ONNX engine would export again (seconds per case)
+            rc = main(["segment", case.input, "-o", str(out), "--no-propagate", "--device", "cpu",
+                       "--backend", "torch", *case.args])
         err = capsys.readouterr().err
         said = err + caplog.text
         if case.segment_outcome == "error":
