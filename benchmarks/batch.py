@@ -90,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         cases = read_manifest(manifest)
         n = len(cases)
         commands = _loop_commands(cases, work / "loop")  # prompts written beforehand, not timed
-        runs = [_timed("loop", n, lambda: [subprocess.run(c, check=True, capture_output=True) for c in commands] and None)]
+
+        def loop() -> None:
+            for c in commands:
+                subprocess.run(c, check=True, capture_output=True)
+
+        runs = [_timed("loop", n, loop)]
         for w in (1, 2):
             out = work / f"workers{w}"
 

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +70,6 @@ class Journal:
     def __init__(self, outdir: Path) -> None:
         self.path = Path(outdir) / JOURNAL_NAME
         self.state: dict[str, dict[str, Any]] = {}
-        self.history: dict[str, list[dict[str, Any]]] = {}
         self._fh = None
 
     def __enter__(self) -> Journal:
@@ -111,7 +109,6 @@ class Journal:
                 logger.warning("%s: line %d is not a journal record; ignored", self.path, n)
                 continue
             self.state[case] = rec
-            self.history.setdefault(case, []).append(rec)
 
     def record(self, case: str, status: str, **fields: Any) -> dict[str, Any]:
         """Append ``{"case", "status", "time", **fields}`` and flush it to disk."""
@@ -121,12 +118,8 @@ class Journal:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self.state[case] = rec
-        self.history.setdefault(case, []).append(rec)
         return rec
 
     def owns(self, case: str) -> bool:
         """Whether an earlier run of this batch started ``case`` (so it may replace its outputs)."""
         return case in self.state
-
-    def records(self) -> Iterator[dict[str, Any]]:
-        return iter(self.state.values())
