@@ -355,6 +355,22 @@ def test_status_tells_the_truth(make_napari_viewer, qtbot, sample_data: Path, tm
     assert (widget.labels_layer.data > 0).sum(axis=(1, 2)).astype(bool).sum() < ref.shape[0]  # not all done
     assert widget._changed[widget.current_label] != set()  # not marked done: the next propagation redoes it
 
+    # A failed export shows its error, never "Saved", and leaves the existing file alone.
+    existing = tmp_path / "kept.nii.gz"
+    existing.write_bytes(b"a colleague's mask")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for target, problem in ((existing, "exists"), (blocker / "out.nii.gz", str(blocker))):
+        before = len(notification_manager.records)
+        assert widget.export(target) is None
+        new = notification_manager.records[before:]
+        assert len(new) == 1 and "\n" not in str(new[0].message), [str(n.message) for n in new]
+        status = widget.ui.status_label.text()
+        assert status.startswith("Export failed:") and problem in status and "Saved" not in status, status
+        assert widget.has_unsaved_labels()
+    assert existing.read_bytes() == b"a colleague's mask"
+    assert not (blocker / "out.nii.gz").exists()
+
 
 def test_keys_follow_the_fields_habits(make_napari_viewer, sample_data: Path) -> None:
     """P, B, T, Shift+S, N, C and Ctrl+Z / Ctrl+Shift+Z on every prompt layer, named in the
