@@ -31,6 +31,7 @@ from medsam.errors import InputFileError
 from medsam.io.dicom_geometry import (
     DicomGeometryWarning,
     SliceSpacingWarning,
+    correct_tilt,
     order_slices,
     slice_axes,
 )
@@ -290,7 +291,8 @@ def _read_series(folder: Path, headers: list[Header], extra: dict) -> Volume:
         step = first.slice_spacing or 1.0
     array = read_pixels(headers)
     first = headers[0]
-    meta = series_metadata(first, headers, extra)
+    array, tilt = correct_tilt(folder, array, positions[order], (row, col, normal), first.pixel_spacing, step)
+    meta = series_metadata(first, headers, {**extra, **tilt})
     sy, sx = first.pixel_spacing
     direction = np.column_stack([row, col, normal])
     vol = Volume(

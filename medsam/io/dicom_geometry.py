@@ -3,6 +3,11 @@
 Slices are sorted by their position along the slice normal ``n = row x column`` cosines
 (``ImagePositionPatient . n``), lowest first, never by file name or InstanceNumber. Steps
 that differ from the median step give a :class:`SliceSpacingWarning` naming the gap.
+
+A gantry-tilted CT series has slices that step along the normal *and* drift within their
+plane. :func:`correct_tilt` resamples each slice by its drift onto the orthogonal grid of
+the first slice, so that every voxel sits where the scanner put it; :func:`retilt` maps a
+mask on that grid back onto the source slices' own pixels (for a DICOM SEG).
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ import numpy as np
 
 from medsam.errors import InputFileError
 
-__all__ = ["DicomGeometryWarning", "SliceSpacingWarning", "slice_axes", "order_slices"]
+__all__ = [
+    "DicomGeometryWarning",
+    "SliceSpacingWarning",
+    "correct_tilt",
+    "order_slices",
+    "retilt",
+    "slice_axes",
+]
 
 
 class DicomGeometryWarning(UserWarning):
@@ -68,8 +80,6 @@ def order_slices(
     -----
     SliceSpacingWarning
         For steps that differ from the median (missing slices, uneven spacing).
-    DicomGeometryWarning
-        When slices are offset within their plane (gantry tilt), which the volume ignores.
     """
     along = positions @ normal
     order = np.argsort(along, kind="stable")
@@ -106,15 +116,104 @@ def order_slices(
             ),
             stacklevel=5,
         )
-    offsets = positions[order] - positions[order[0]]
-    lateral = offsets - np.outer(offsets @ normal, normal)
-    shift = float(np.linalg.norm(lateral, axis=1).max())
-    if shift > max(0.01, 0.05 * step):
-        warnings.warn(
-            DicomGeometryWarning(
-                f"{where}: slice positions drift {shift:.2f} mm within the slice plane (gantry tilt?); "
-                "the volume ignores the drift"
-            ),
-            stacklevel=5,
-        )
     return order, step
+
+
+TILT_KEY = "tilt_shift_px"  # SourceMetadata.extra: per slice (rows, columns) drift in pixels
+
+
+def correct_tilt(
+    where: Path,
+    array: np.ndarray,
+    positions: np.ndarray,
+    axes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    pixel_spacing: tuple[float, float],
+    step: float,
+) -> tuple[np.ndarray, dict]:
+    """Resample slices that drift within their plane (gantry tilt) onto an orthogonal grid.
+
+    Parameters
+    ----------
+    where:
+        File or folder named in the warning.
+    array:
+        ``(Z, Y, X)`` slices, sorted lowest-first along the normal.
+    positions:
+        ``(Z, 3)`` ImagePositionPatient of those slices, in the same order, LPS mm.
+    axes:
+        Row cosines, column cosines and normal from :func:`slice_axes`.
+    pixel_spacing:
+        ``(row spacing, column spacing)`` in mm (DICOM PixelSpacing order).
+    step:
+        Slice step along the normal, mm.
+
+    Returns
+    -------
+    array, extra:
+        The slices on the grid of the first slice with origin at its position (linear
+        interpolation; pixels shifted in from outside the scan get the image's minimum),
+        and metadata for :attr:`SourceMetadata.extra`: ``tilt_shift_px`` (per slice
+        ``(rows, columns)`` drift in pixels) and ``gantry_tilt_deg``. Without drift the
+        array is returned unchanged with ``{}``.
+
+    Warns
+    -----
+    DicomGeometryWarning
+        When the slices were resampled, naming the tilt angle.
+    """
+    row, col, normal = axes
+    offsets = positions - positions[0]
+    lateral = offsets - np.outer(offsets @ normal, normal)
+    drift_mm = float(np.linalg.norm(lateral, axis=1).max()) if len(positions) else 0.0
+    if len(positions) < 2 or drift_mm <= max(0.01, 0.05 * step):
+        return array, {}
+    from scipy import ndimage
+
+    shifts = np.column_stack([lateral @ col / pixel_spacing[0], lateral @ row / pixel_spacing[1]])
+    along = offsets[-1] @ normal
+    angle = float(np.degrees(np.arctan2(np.linalg.norm(lateral[-1]), abs(along)))) if along else 0.0
+    floor = array.min()
+    out = np.empty_like(array)
+    for k, (dy, dx) in enumerate(shifts):
+        if abs(dy) < 1e-6 and abs(dx) < 1e-6:
+            out[k] = array[k]
+            continue
+        # slice k's pixel (i, j) sits at grid pixel (i + dy, j + dx) of the first slice's plane
+        moved = ndimage.shift(array[k].astype(np.float32), (dy, dx), order=1, mode="constant", cval=float(floor))
+        out[k] = np.rint(moved) if array.dtype.kind in "iu" else moved
+    warnings.warn(
+        DicomGeometryWarning(
+            f"{where}: gantry tilt of {angle:.1f} degrees (slices drift up to {drift_mm:.2f} mm within their "
+            "plane); resampled onto an orthogonal grid (linear interpolation), so voxels sit where the "
+            "scanner put them"
+        ),
+        stacklevel=5,
+    )
+    extra = {TILT_KEY: tuple((round(float(a), 4), round(float(b), 4)) for a, b in shifts),
+             "gantry_tilt_deg": round(angle, 3)}
+    return out, extra
+
+
+def retilt(mask: np.ndarray, shifts: Sequence[Sequence[float]], *, inverse: bool = True) -> np.ndarray:
+    """Move a mask between the corrected grid and the source slices' own pixels.
+
+    Parameters
+    ----------
+    mask:
+        ``(Z, Y, X)`` or ``(Z, Y, X, N)`` values, slice axis first.
+    shifts:
+        Per slice ``(rows, columns)`` drift from :func:`correct_tilt` (``tilt_shift_px``).
+    inverse:
+        ``True``: from the corrected grid onto the source pixels (for a DICOM SEG);
+        ``False``: from source pixels onto the corrected grid. Nearest neighbour.
+    """
+    from scipy import ndimage
+
+    out = np.array(mask, copy=True)
+    sign = -1.0 if inverse else 1.0
+    for k, (dy, dx) in enumerate(shifts):
+        if abs(dy) < 1e-6 and abs(dx) < 1e-6:
+            continue
+        shift = (sign * dy, sign * dx) + (0,) * (out.ndim - 3)
+        out[k] = ndimage.shift(out[k], shift, order=0, mode="constant", cval=0)
+    return out

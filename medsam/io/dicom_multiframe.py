@@ -19,7 +19,7 @@ import pydicom
 import SimpleITK as sitk
 
 from medsam.errors import InputFileError
-from medsam.io.dicom_geometry import order_slices, slice_axes
+from medsam.io.dicom_geometry import correct_tilt, order_slices, slice_axes
 from medsam.io.dicom_header import Header, first_float, float_tuple, series_metadata
 from medsam.io.dicom_pixels import decode_file, output_dtype, shrink_dtype
 from medsam.io.formats import short_error
@@ -126,6 +126,8 @@ def read_multiframe(path: Path, ds: pydicom.Dataset, h: Header) -> Volume:
         order, step = order_slices(path, pos, normal, [f"frame {i + 1}" for i in range(n)])
         if not np.array_equal(order, np.arange(n)):
             array = array[order]
+        array, tilt = correct_tilt(path, array, pos[order], (row, col, normal), (sy, sx), step or thickness or 1.0)
+        extra.update(tilt)
         direction = np.column_stack([row, col, normal])
         spacing3 = (sx, sy, step or thickness or 1.0)
         origin = tuple(pos[order[0]])

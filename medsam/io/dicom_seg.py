@@ -27,6 +27,7 @@ import numpy as np
 
 from medsam.atomic import atomic_write
 from medsam.errors import InputFileError
+from medsam.io.dicom_geometry import TILT_KEY, retilt
 from medsam.io.dicom_seg_sources import source_datasets
 from medsam.io.seg_codes import code_segment
 from medsam.io.volume import Volume
@@ -208,6 +209,9 @@ def write_dicom_seg(
             )
         )
     sources = source_datasets(like, anonymize=anonymize)
+    shifts = like.meta.extra.get(TILT_KEY)
+    if shifts and len(shifts) == stack.shape[0]:
+        stack = retilt(stack, shifts)  # each frame on its tilted source slice's pixels
     frame_numbers = like.meta.extra.get("frame_numbers")
     if len(sources) == 1 and frame_numbers and len(frame_numbers) == stack.shape[0]:
         stack = stack[np.argsort(frame_numbers)]  # a multi-frame source: SEG frames follow its frames
@@ -265,6 +269,7 @@ def _frame_item(seg, frame, keyword: str):
 def _frame_slices(seg, reference: Volume, path: Path) -> list[int]:
     """The reference slice ``k`` of each SEG frame, by source SOP instance, else by position."""
     ref_uids = [u for u in reference.meta.sop_instance_uids]
+    shifts = reference.meta.extra.get(TILT_KEY)
     by_uid = {u: k for k, u in enumerate(ref_uids) if u and ref_uids.count(u) == 1}
     ks: list[int] = []
     for n, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
@@ -277,7 +282,8 @@ def _frame_slices(seg, reference: Volume, path: Path) -> list[int]:
         pos = _frame_item(seg, frame, "PlanePositionSequence").ImagePositionPatient
         i, j, k = reference.world_to_index([float(v) for v in pos])
         kk = int(round(k))
-        if abs(i) > 0.01 or abs(j) > 0.01 or abs(k - kk) > 0.05 or not 0 <= kk < reference.n_slices:
+        dy, dx = shifts[kk] if shifts and 0 <= kk < len(shifts) else (0.0, 0.0)  # a tilted slice's corner
+        if abs(i - dx) > 0.01 or abs(j - dy) > 0.01 or abs(k - kk) > 0.05 or not 0 <= kk < reference.n_slices:
             raise InputFileError(
                 path,
                 f"frame {n} (at {', '.join(f'{float(v):.2f}' for v in pos)} mm) references no instance of the "
@@ -329,6 +335,9 @@ def load_segmentation(path: str | os.PathLike[str], reference: Volume) -> Segmen
     for frame, k, mask in zip(seg.PerFrameFunctionalGroupsSequence, ks, inside, strict=True):
         number = int(_frame_item(seg, frame, "SegmentIdentificationSequence").ReferencedSegmentNumber)
         masks[index[number], k] |= mask
+    shifts = reference.meta.extra.get(TILT_KEY)
+    if shifts and len(shifts) == z:  # frames lie on the tilted source slices' pixels
+        masks = np.moveaxis(retilt(np.moveaxis(masks, 0, -1), shifts, inverse=False), -1, 0)
     values, names = [], []
     for d in seg.SegmentSequence:
         tracking = str(d.get("TrackingID", ""))

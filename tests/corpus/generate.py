@@ -186,7 +186,7 @@ def _dicom_cases(sample: Path, out: Path) -> list[Case]:
 
     f = _series(out, "dicom_gantry_tilt", five)
     _edit(f, tilt)
-    cases.append(Case("dicom_gantry_tilt", "dicom", f.name, "warning", "gantry tilt",
+    cases.append(Case("dicom_gantry_tilt", "dicom", f.name, "warning", "resampled onto an orthogonal grid",
                       args=("--box", BOX_DICOM), expect={"shape": shape5}))
 
     f = _series(out, "dicom_non_square_pixels", five)
