@@ -37,6 +37,16 @@ save_mask(labels, Volume(np.zeros((400, 512, 512), np.int16)), {out!r}, overwrit
 """
 
 
+def _fuzz_loaders():
+    """``tests/fuzz/fuzz_loaders.py`` as a module (its formats and launcher)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fuzz_loaders", FUZZ)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def corpus_counts(folder: Path) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     from corpus.generate import build_corpus, table
@@ -57,7 +67,7 @@ def fuzz(fmt: str, seconds: int, keep: Path, work: Path) -> dict:
     keep.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, str(FUZZ), str(seeds / fmt), f"-max_total_time={seconds}", "-rss_limit_mb=4096",
+        [sys.executable, "-c", _fuzz_loaders().FRESH_PEAK_RSS, sys.executable, str(FUZZ), str(seeds / fmt), f"-max_total_time={seconds}", "-rss_limit_mb=4096",
          "-timeout=20", f"-artifact_prefix={keep}/{fmt}-"],
         capture_output=True, text=True, env={**os.environ, "MEDSAM_FUZZ_FORMAT": fmt},
     )
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "machine": describe_machine("cpu"),
             "corpus": corpus_counts(work / "corpus"),
-            "fuzzing": [fuzz(fmt, args.seconds, args.keep, work) for fmt in ("nii", "nii.gz", "dcm")],
+            "fuzzing": [fuzz(fmt, args.seconds, args.keep, work) for fmt in _fuzz_loaders().FORMATS],
             "kill_test": kill_test(work, args.kills),
         }
     print(result["corpus"]["table"])

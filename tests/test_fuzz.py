@@ -10,9 +10,9 @@ fixed libFuzzer seed, so that CI is deterministic; longer runs are
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,18 +23,11 @@ from medsam.errors import MedsamError
 from medsam.io import load_volume
 
 FUZZ = Path(__file__).parent / "fuzz"
-FORMATS = ("nii", "nii.gz", "dcm")
-# libFuzzer's -rss_limit_mb compares the *peak* RSS (getrusage ru_maxrss), and Linux hands a
-# child the parent's peak at fork and keeps it across exec: started from a pytest process
-# that has grown to 4.6 GB, the fuzzer reports out-of-memory on its first check. A
-# grandchild forked from a fresh interpreter starts from that small interpreter's peak.
-FRESH_PEAK_RSS = (
-    "import os, sys\n"
-    "pid = os.fork()\n"
-    "if pid == 0:\n"
-    "    os.execv(sys.argv[1], sys.argv[1:])\n"
-    "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
-)
+_spec = importlib.util.spec_from_file_location("fuzz_loaders", FUZZ / "fuzz_loaders.py")
+fuzz_loaders = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fuzz_loaders)
+FORMATS = fuzz_loaders.FORMATS
+FRESH_PEAK_RSS = fuzz_loaders.FRESH_PEAK_RSS
 REGRESSIONS = sorted(p for fmt in FORMATS for p in (FUZZ / "regressions" / fmt).glob("*") if p.is_file())
 
 
@@ -44,8 +37,7 @@ def test_there_are_regressions_to_replay() -> None:
 
 @pytest.mark.parametrize("case", REGRESSIONS, ids=lambda p: f"{p.parent.name}/{p.name[:18]}")
 def test_past_crashes_load_or_refuse_in_one_line(case: Path, tmp_path: Path) -> None:
-    path = tmp_path / f"input.{case.parent.name}"
-    shutil.copy(case, path)
+    path = fuzz_loaders.place_input(case.read_bytes(), tmp_path, case.parent.name)
     try:
         load_volume(path)
     except MedsamError as exc:

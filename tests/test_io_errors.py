@@ -118,6 +118,22 @@ def test_truncated_file_in_series(tmp_path: Path, sample_data: Path) -> None:
     assert "\n" not in msg and msg.startswith(str(folder / "02.dcm")) and "truncated" in msg
 
 
+def test_slice_with_a_damaged_pixel_data_tag_is_skipped_before_gdcm(tmp_path: Path, sample_data: Path, caplog) -> None:
+    """A slice whose (7FE0,0010) tag is damaged is skipped at the header scan with its reason;
+    GDCM used to decode it and allocate 3.4 GB (a fuzzing find, tests/fuzz/regressions/dcmdir)."""
+    folder = tmp_path / "series"
+    shutil.copytree(sample_data / "dcmqi_ct3slice" / "ct-3slice", folder)
+    data = (folder / "02.dcm").read_bytes()
+    tag = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+    assert data.count(tag) == 1
+    (folder / "02.dcm").write_bytes(data.replace(tag, b"\xe0\x7f\x11\x00"))
+    with caplog.at_level("WARNING", logger="medsam.io.dicom"):
+        vol = load_volume(folder)
+    assert vol.n_slices == 2
+    skipped = [r.getMessage() for r in caplog.records if "02.dcm" in r.getMessage()]
+    assert len(skipped) == 1 and "no pixel data element (7FE0,0010), but element (7FE0,0011)" in skipped[0]
+
+
 def test_unsupported_extension(tmp_path: Path) -> None:
     path = tmp_path / "scan.xyz"
     path.write_text("hello")

@@ -114,8 +114,9 @@ def _scan_folder(folder: Path) -> _Scan:
         try:
             h = read_header(f)
         except Exception as exc:  # pydicom raises many types on corrupt files
-            logger.warning("%s: skipped, not a readable DICOM file (%s)", f, short_error(exc))
-            scan.unreadable.append((f, short_error(exc)))
+            why = exc.problem if isinstance(exc, InputFileError) else short_error(exc)
+            logger.warning("%s: skipped, not a readable DICOM file (%s)", f, why)
+            scan.unreadable.append((f, why))
             continue
         if h.sop_class_uid is None and not h.rows:
             scan.unreadable.append((f, "no SOPClassUID and no image attributes"))

@@ -10,6 +10,7 @@ from typing import Any
 import pydicom
 from pydicom.uid import UID
 
+from medsam.errors import InputFileError
 from medsam.io.volume import SourceMetadata
 
 __all__ = [
@@ -202,9 +203,36 @@ def is_dicom_file(path: Path) -> bool:
     return has_dicm_marker(path) or path.name.lower().endswith(_DICOM_SUFFIXES)
 
 
+PIXEL_DATA_TAG = 0x7FE00010
+_TRAILING_TAGS = (0xFFFAFFFA, 0xFFFCFFFC)  # digital signatures and padding may follow pixel data
+
+
+def check_element_order(path: Path, ds: Any) -> None:
+    """Refuse a dataset whose elements do not ascend by tag (a damaged or shuffled file).
+
+    GDCM can allocate gigabytes decoding such a file, so this runs before it does.
+    """
+    previous = None
+    for tag in ds.keys():
+        if previous is not None and tag < previous:
+            raise InputFileError(
+                path, f"is corrupt: data element {tag} follows {previous}, but DICOM elements ascend by tag"
+            )
+        previous = tag
+
+
 def read_header(path: Path) -> Header:
-    """Parse a file's header (no pixel data). Raises whatever pydicom raises for bad files."""
+    """Parse a file's header (no pixel data).
+
+    Raises whatever pydicom raises for bad files, and :class:`~medsam.errors.InputFileError`
+    for elements out of order or elements past where the pixel data should start (its tag
+    is damaged), which GDCM would otherwise try to decode.
+    """
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=not has_dicm_marker(path))
+    check_element_order(path, ds)
+    late = [t for t in ds.keys() if t > PIXEL_DATA_TAG and t not in _TRAILING_TAGS]
+    if late:
+        raise InputFileError(path, f"is corrupt: no pixel data element (7FE0,0010), but element {late[0]} after it")
     return Header.from_dataset(path, ds)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medsam.errors import InputFileError
-from medsam.io.dicom_header import Header
+from medsam.io.dicom_header import Header, check_element_order
 from medsam.io.formats import short_error
 
 __all__ = ["output_dtype", "shrink_dtype", "read_pixels", "decode_file", "check_pixel_header", "check_dataset_structure"]
@@ -97,13 +97,7 @@ def check_dataset_structure(h: Header, ds: Any) -> None:
     Data elements must ascend by tag, as DICOM requires (a file whose bytes were shuffled
     fails this), and uncompressed pixel data must hold the bytes its header declares.
     """
-    previous = None
-    for tag in ds.keys():
-        if previous is not None and tag < previous:
-            raise InputFileError(
-                h.path, f"is corrupt: data element {tag} follows {previous}, but DICOM elements ascend by tag"
-            )
-        previous = tag
+    check_element_order(h.path, ds)
     try:
         element = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on a damaged element

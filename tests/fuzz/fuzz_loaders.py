@@ -1,4 +1,5 @@
-"""Fuzz ``medsam.io.load_volume`` with atheris (libFuzzer): NIfTI, gzipped NIfTI and DICOM.
+"""Fuzz ``medsam.io.load_volume`` with atheris (libFuzzer): NIfTI, gzipped NIfTI, DICOM files
+and DICOM folders.
 
 Every input must either load or raise a :class:`medsam.errors.MedsamError` (a one-line
 message for the user). Anything else (an ``IndexError`` deep in a decoder, a
@@ -6,7 +7,12 @@ message for the user). Anything else (an ``IndexError`` deep in a decoder, a
 ``crash-<sha1>`` and exits non-zero. Put such a file in ``tests/fuzz/regressions/<format>/``
 and ``tests/test_fuzz.py`` replays it on every run.
 
-Usage (the format is chosen by ``MEDSAM_FUZZ_FORMAT``: ``nii``, ``nii.gz`` or ``dcm``)::
+In ``dcmdir`` the input is one slice of a folder that also holds two real slices of the
+same series, so the series grouping, slice ordering, spacing and tilt checks and the
+stacking of mismatched slices are fuzzed too.
+
+Usage (the format is chosen by ``MEDSAM_FUZZ_FORMAT``: ``nii``, ``nii.gz``, ``dcm`` or
+``dcmdir``)::
 
     MEDSAM_FUZZ_FORMAT=nii python tests/fuzz/fuzz_loaders.py SEEDS/ -max_total_time=60
 
@@ -25,7 +31,19 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FORMATS = ("nii", "nii.gz", "dcm")
+FORMATS = ("nii", "nii.gz", "dcm", "dcmdir")
+SERIES = ROOT / "sample_data" / "highdicom_seg_ct2" / "ct2_series"
+# libFuzzer's -rss_limit_mb compares the *peak* RSS (getrusage ru_maxrss), and Linux hands a
+# child the parent's peak at fork and keeps it across exec: started from a pytest process
+# that has grown to 4.6 GB, the fuzzer reports out-of-memory on its first check. A
+# grandchild forked from a fresh interpreter starts from that small interpreter's peak.
+FRESH_PEAK_RSS = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.argv[1], sys.argv[1:])\n"
+    "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+)
 
 
 def write_seeds(folder: Path) -> None:
@@ -40,8 +58,27 @@ def write_seeds(folder: Path) -> None:
     raw = crop.to_bytes()
     (folder / "nii" / "crop.nii").write_bytes(raw)
     (folder / "nii.gz" / "crop.nii.gz").write_bytes(gzip.compress(raw, mtime=0))
-    dcm = sorted((ROOT / "sample_data" / "highdicom_seg_ct2" / "ct2_series").iterdir())[0]
-    (folder / "dcm" / "slice.dcm").write_bytes(dcm.read_bytes())
+    slices = sorted(SERIES.iterdir())
+    (folder / "dcm" / "slice.dcm").write_bytes(slices[0].read_bytes())
+    (folder / "dcmdir" / "slice.dcm").write_bytes(slices[2].read_bytes())
+
+
+def place_input(data: bytes, folder: Path, fmt: str) -> Path:
+    """Write one fuzz input under ``folder``; returns the path to give ``load_volume``.
+
+    For ``dcmdir`` that is a folder holding two real slices of the series and the input.
+    """
+    if fmt != "dcmdir":
+        path = folder / f"input.{fmt}"
+        path.write_bytes(data)
+        return path
+    series = folder / "series"
+    if not series.is_dir():
+        series.mkdir()
+        for src in sorted(SERIES.iterdir())[:2]:
+            (series / src.name).write_bytes(src.read_bytes())
+    (series / "input.dcm").write_bytes(data)
+    return series
 
 
 def _fuzz(fmt: str) -> None:
@@ -54,10 +91,9 @@ def _fuzz(fmt: str) -> None:
     logging.disable(logging.CRITICAL)
     warnings.simplefilter("ignore")
     folder = Path(tempfile.mkdtemp(prefix="medsam-fuzz-"))
-    path = folder / f"input.{fmt}"
 
     def one_input(data: bytes) -> None:
-        path.write_bytes(data)
+        path = place_input(data, folder, fmt)
         try:
             load_volume(path)
         except MedsamError as exc:
