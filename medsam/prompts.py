@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from medsam.errors import InputFileError, MissingInputError, PromptError
+from medsam.mask_rle import rle_to_mask
 
 __all__ = [
     "SlicePrompt",
@@ -44,8 +45,6 @@ __all__ = [
     "parse_box_arg",
     "parse_point_arg",
     "box_from_mask",
-    "mask_to_rle",
-    "rle_to_mask",
 ]
 
 Box = tuple[float, float, float, float]
@@ -471,32 +470,6 @@ def merge_slice_prompts(prompts: Sequence[SlicePrompt]) -> tuple[SlicePrompt, ..
             mask=p.mask if p.mask is not None else q.mask,
         )
     return tuple(by_k[k] for k in sorted(by_k))
-
-
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """A ``(Y, X)`` mask as ``{"size": [Y, X], "counts": [...]}``: run lengths of the row-major
-    pixels, starting with a (possibly empty) run of background."""
-    flat = np.asarray(mask, dtype=bool).ravel()
-    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    edges = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(edges).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return {"size": list(np.asarray(mask).shape), "counts": [int(c) for c in counts]}
-
-
-def rle_to_mask(rle: Any, shape: tuple[int, int], where: str = "mask") -> np.ndarray:
-    """Decode :func:`mask_to_rle`; the size must be ``shape`` (the slice's ``(Y, X)``)."""
-    _require(isinstance(rle, Mapping) and set(rle) == {"size", "counts"}, f"{where}: a mask is {{'size', 'counts'}}")
-    size, counts = rle["size"], rle["counts"]
-    _require(list(size) == list(shape), f"{where}: mask size {list(size)} is not the slice's {list(shape)}")
-    _require(
-        isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
-        and sum(counts) == shape[0] * shape[1],
-        f"{where}: mask counts must be non-negative integers summing to {shape[0] * shape[1]}",
-    )
-    values = np.arange(len(counts)) % 2 == 1
-    return np.repeat(values, counts).reshape(shape)
 
 
 def box_from_mask(mask: np.ndarray) -> Box | None:

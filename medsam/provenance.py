@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from medsam.io.volume import Volume
+from medsam.mask_rle import mask_to_rle
 from medsam.models.checkpoints import file_sha256
-from medsam.prompts import PromptSet, mask_to_rle
+from medsam.prompts import PromptSet
 from medsam.session import PropagationConfig
 
 __all__ = [
@@ -79,7 +80,7 @@ def prompts_record(prompts: PromptSet, volume: Volume | None = None) -> dict[str
     """The prompts as a prompts file: voxel space, or LPS mm when ``volume`` is given.
 
     Mask prompts (slices painted in napari) are run-length encoded in voxel space
-    (:func:`medsam.prompts.mask_to_rle`); the LPS record leaves them out.
+    (:func:`medsam.mask_rle.mask_to_rle`); the LPS record leaves them out.
     """
     objects = []
     for o in prompts.objects:

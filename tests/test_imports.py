@@ -67,6 +67,19 @@ HIDE_ADAPTERS = textwrap.dedent(
 )
 
 
+MAX_LINES = 500  # STYLE.md: a file over about 500 lines is a sign to split
+
+
+def test_no_module_is_over_500_lines():
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for package in ("medsam", "adapters", "napari_plugin")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert len(sizes) > 50
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
 def test_core_works_without_the_adapters_package(tmp_path, sample_data):
     """With ``adapters`` unimportable: ``import medsam`` and its commands work, ``finetune`` is
     simply absent, and an adapter file is refused with one line and exit code 2."""

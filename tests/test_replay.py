@@ -115,7 +115,8 @@ def test_mask_prompts_round_trip_and_refusals() -> None:
     """Painted slices travel as run-length masks in the prompts record."""
     from medsam.errors import PromptError
     from medsam.io.volume import Volume
-    from medsam.prompts import ObjectPrompts, PromptSet, SlicePrompt, mask_to_rle, parse_prompts
+    from medsam.mask_rle import mask_to_rle
+    from medsam.prompts import ObjectPrompts, PromptSet, SlicePrompt, parse_prompts
     from medsam.provenance import prompts_record
 
     vol = Volume(np.zeros((4, 6, 7), np.int16))
